@@ -1,0 +1,164 @@
+"""``cross``: standard multi-head cross-attention (Stable Diffusion's text conditioning).
+
+Vaswani et al., "Attention Is All You Need", 2017, arXiv:1706.03762; the layer
+Stable Diffusion conditions on text with (Rombach et al., 2022, arXiv:2112.10752).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+import zoo
+from zoo.functional import attend, merge_heads, split_heads, validate_mask, validate_same_batch, validate_tensor
+
+from attention_zoo_plugins._common import MultiHeadFields, heads_merge, heads_view, linear, naive_attention
+
+
+class CrossConfig(MultiHeadFields):
+    """Config of :class:`CrossAttention`."""
+
+    variant: Literal["cross"] = "cross"
+
+
+class CrossAttention(nn.Module):
+    r"""Multi-head cross-attention: queries from ``x``, keys and values from ``context``.
+
+    .. math:: \operatorname{softmax}\!\big(d^{-1/2} (x W_q)(c W_k)^\top\big)(c W_v)\,W_o
+
+    Parameter names are diffusers' ``Attention`` (``to_q``, ``to_k``, ``to_v``,
+    ``to_out.0``), so its state dict loads strictly.
+
+    Args:
+        query_dim: width of ``x`` (Dq).
+        context_dim: width of ``context`` (Dc); ``None`` means ``query_dim``.
+        heads: number of heads (h).
+        dim_head: width of each head (d).
+        bias: bias in the q/k/v projections.
+        out_bias: bias in the output projection.
+        dropout: dropout after the output projection, in training.
+
+    Shape:
+        - x: ``(B, N, Dq)``
+        - context: ``(B, M, Dc)``, or ``None`` for self-attention over ``x``
+        - context_mask: bool ``(B, M)``, True = may be attended
+        - output: ``(B, N, Dq)``
+
+        where B is the batch size, N the query length, M the context length.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int | None = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        bias: bool = False,
+        out_bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        context_dim = context_dim or query_dim
+        inner = heads * dim_head
+        self.query_dim, self.context_dim, self.heads = query_dim, context_dim, heads
+        self.to_q = nn.Linear(query_dim, inner, bias=bias)
+        self.to_k = nn.Linear(context_dim, inner, bias=bias)
+        self.to_v = nn.Linear(context_dim, inner, bias=bias)
+        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(dropout)])
+
+    def _check(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
+        w = self.to_q.weight
+        validate_tensor("x", x, ndim=3, last_dim=self.query_dim, like=w, legend=f"(B, N, query_dim={self.query_dim})")
+        if context is None:
+            if context_mask is not None:
+                validate_mask("context_mask", context_mask, x.shape[:-1], "for self-attention over x: (B, N) ")
+            if self.context_dim != self.query_dim:
+                raise ValueError(
+                    f"context is None (self-attention) but context_dim={self.context_dim} differs "
+                    f"from query_dim={self.query_dim}; pass a context of width {self.context_dim}"
+                )
+            return x
+        validate_tensor("context", context, ndim=3, last_dim=self.context_dim, like=w,
+                        legend=f"(B, M, context_dim={self.context_dim})")
+        validate_same_batch(x, context)
+        if context_mask is not None:
+            validate_mask("context_mask", context_mask, context.shape[:-1])
+        return context
+
+    def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
+        context = self._check(x, context, context_mask)
+        q = split_heads(self.to_q(x), self.heads)
+        k = split_heads(self.to_k(context), self.heads)
+        v = split_heads(self.to_v(context), self.heads)
+        mask = None if context_mask is None else context_mask[:, None, :]  # (B, 1, M): shared by heads
+        out = merge_heads(attend(q, k, v, mask))
+        return self.to_out[1](self.to_out[0](out))
+
+
+def reference(module: CrossAttention, x: Tensor, context: Tensor | None = None, *, context_mask=None) -> Tensor:
+    """Naive oracle: every step written out, the score matrix materialised."""
+    c = x if context is None else context
+    h = module.heads
+    q, k, v = (heads_view(linear(t, lin), h) for t, lin in ((x, module.to_q), (c, module.to_k), (c, module.to_v)))
+    mask = None if context_mask is None else context_mask[:, None, :]
+    return linear(heads_merge(naive_attention(q, k, v, mask)), module.to_out[0])
+
+
+def _law_matches_multihead_attention(spec, fields, generator):
+    """Same weights in torch.nn.MultiheadAttention (kdim/vdim) give the same output."""
+    layer = zoo.create(spec, **{**fields, "dropout": 0.0}).double().eval()
+    inner = layer.heads * layer.to_q.out_features // layer.heads
+    if layer.to_q.bias is None and layer.to_out[0].bias is None:
+        pass
+    mha = nn.MultiheadAttention(inner, layer.heads, kdim=layer.context_dim, vdim=layer.context_dim,
+                                batch_first=True, bias=True, dtype=torch.float64)
+    if inner != layer.query_dim:
+        return  # MultiheadAttention's output width is its embed_dim: only comparable when h*d == Dq
+    with torch.no_grad():
+        mha.q_proj_weight.copy_(layer.to_q.weight)
+        mha.k_proj_weight.copy_(layer.to_k.weight)
+        mha.v_proj_weight.copy_(layer.to_v.weight)
+        zeros = torch.zeros(inner, dtype=torch.float64)
+        mha.in_proj_bias.copy_(torch.cat([
+            layer.to_q.bias if layer.to_q.bias is not None else zeros,
+            layer.to_k.bias if layer.to_k.bias is not None else zeros,
+            layer.to_v.bias if layer.to_v.bias is not None else zeros,
+        ]))
+        mha.out_proj.weight.copy_(layer.to_out[0].weight)
+        mha.out_proj.bias.copy_(layer.to_out[0].bias if layer.to_out[0].bias is not None else zeros[: layer.query_dim])
+    x = torch.randn(2, 5, layer.query_dim, generator=generator, dtype=torch.float64)
+    c = torch.randn(2, 7, layer.context_dim, generator=generator, dtype=torch.float64)
+    mask = torch.rand(2, 7, generator=generator) > 0.3
+    mask[:, 0] = True
+    ours = layer(x, c, context_mask=mask)
+    theirs, _ = mha(x, c, c, key_padding_mask=~mask, need_weights=False)
+    err = (ours - theirs).abs().max().item()
+    assert err < 1e-10, f"differs from torch.nn.MultiheadAttention with the same weights by {err:.2e}"
+
+
+SPEC = zoo.VariantSpec(
+    name="cross",
+    aliases=("cross-attention", "crossattention"),
+    module=CrossAttention,
+    config=CrossConfig,
+    summary="Standard multi-head cross-attention: Q from x, K and V from the context.",
+    paper='Vaswani et al., "Attention Is All You Need", 2017, arXiv:1706.03762',
+    examples=(
+        {"query_dim": 32, "context_dim": 24, "heads": 4, "dim_head": 8},
+        {"query_dim": 16, "heads": 2, "dim_head": 8, "bias": True, "dropout": 0.25},
+    ),
+    reference=reference,
+    laws=(zoo.Law("matches-multihead-attention",
+                  "equals torch.nn.MultiheadAttention(kdim, vdim) given the same weights",
+                  _law_matches_multihead_attention),),
+    equation=r"\mathrm{softmax}\left(\frac{(xW_q)(cW_k)^\top}{\sqrt{d}}\right)(cW_v)\,W_o",
+    complexity="O(N·M·h·d) time, O((N+M)·h·d) memory",
+    context_shape="(B, M, Dc)",
+)
+
+
+@zoo.hookimpl
+def zoo_register_variants(register):
+    register(SPEC)

@@ -1,0 +1,1 @@
+"""RETRO (work in progress)."""

@@ -1,0 +1,59 @@
+"""attention-zoo: attention variants as interchangeable, checked parts.
+
+Pick a layer by name, validate its config, check it against its oracle::
+
+    import zoo
+    layer = zoo.create("cross", query_dim=320, context_dim=768, heads=8, dim_head=40)
+    report = zoo.check("cross")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.config import AttentionConfig, VariantConfig, create, load_config
+from zoo.errors import PluginError, RegistrationError, UnknownVariantError
+from zoo.hookspecs import hookimpl
+from zoo.registry import get_variant, list_variants, plugins, register, unregister
+from zoo.spec import Capabilities, Law, VariantSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionConfig",
+    "Capabilities",
+    "CheckReport",
+    "Law",
+    "PluginError",
+    "RegistrationError",
+    "UnknownVariantError",
+    "VariantConfig",
+    "VariantSpec",
+    "check",
+    "create",
+    "get_variant",
+    "hookimpl",
+    "list_variants",
+    "load_config",
+    "plugins",
+    "register",
+    "unregister",
+]
+
+
+def check(name_or_spec: Any, **options: Any):
+    """Run the shared harness on a variant (name, alias or :class:`VariantSpec`).
+
+    Returns a :class:`zoo.harness.CheckReport`; see :func:`zoo.harness.check` for options.
+    """
+    from zoo.harness import check as _check
+
+    return _check(name_or_spec, **options)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CheckReport":
+        from zoo.harness import CheckReport
+
+        return CheckReport
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")

@@ -1,0 +1,188 @@
+"""The ``zoo`` command line: list, show, schema, plugins, check, bench (+ plugin commands)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shutil
+import sys
+import textwrap
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from zoo.errors import UnknownVariantError
+from zoo.registry import default_registry
+
+# Sub-commands that live in their own module: module.add_arguments(parser), module.run(args).
+_DELEGATED = {
+    "check": ("zoo.harness.cli", "run the shared harness on variants (the main job)"),
+    "bench": ("zoo.bench", "benchmark variants against bare SDPA baselines"),
+}
+
+
+def _width() -> int:
+    return max(60, min(shutil.get_terminal_size((100, 24)).columns, 140))
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, wrap_last: bool = True) -> str:
+    """A plain-text table that reads well in a terminal (and in a log)."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    if wrap_last and headers:
+        used = sum(widths[:-1]) + 2 * (len(headers) - 1)
+        widths[-1] = max(20, min(widths[-1], _width() - used))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        last = textwrap.wrap(row[-1], widths[-1]) or [""] if wrap_last else [row[-1]]
+        first = row[:-1] + [last[0]]
+        lines.append("  ".join(c.ljust(w) for c, w in zip(first, widths)).rstrip())
+        pad = sum(widths[:-1]) + 2 * (len(headers) - 1)
+        lines.extend(" " * pad + extra for extra in last[1:])
+    return "\n".join(lines)
+
+
+def type_name(annotation: Any) -> str:
+    """``int | None`` style names for config field annotations."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join(type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    if origin is not None:
+        args = ", ".join(type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def config_rows(config: type) -> list[tuple[str, str, str, str]]:
+    """(field, type, default, description) for every field but ``variant``."""
+    rows = []
+    for name, f in config.model_fields.items():
+        if name == "variant":
+            continue
+        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        rows.append((name, type_name(f.annotation), default, f.description or ""))
+    return rows
+
+
+def _unknown(exc: UnknownVariantError) -> int:
+    print(f"zoo: {exc}", file=sys.stderr)
+    return 2
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    reg = default_registry()
+    names = reg.names(args.pattern)
+    if not names:
+        print(f"no registered variant matches {args.pattern!r} (see `zoo list`)", file=sys.stderr)
+        return 1 if args.pattern != "*" else 0
+    rows = []
+    for n in names:
+        spec = reg.get(n)
+        rows.append((n, spec.plugin or "-", spec.summary))
+    print(format_table(("variant", "plugin", "summary"), rows))
+    failed = [p for p in reg.plugins() if p.status == "failed" or p.problems]
+    if failed:
+        print(f"\n{len(failed)} plugin(s) had problems; see `zoo plugins`.", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    try:
+        spec = default_registry().get(args.name)
+    except UnknownVariantError as exc:
+        return _unknown(exc)
+    out = [f"{spec.name} — {spec.summary}", ""]
+    facts = [
+        ("aliases", ", ".join(spec.aliases) or "-"),
+        ("paper", spec.paper or "-"),
+        ("source", spec.source),
+        ("layer", f"{spec.module.__module__}.{spec.module.__qualname__}"),
+        ("context", spec.context_shape or "-"),
+        ("complexity", spec.complexity or "-"),
+    ]
+    caps = [k for k, v in spec.capabilities.as_dict().items() if v is True]
+    facts.append(("capabilities", ", ".join(caps) or "-"))
+    facts.append(("laws", ", ".join(law.name for law in spec.laws) or "-"))
+    key_w = max(len(k) for k, _ in facts)
+    for k, v in facts:
+        lines = textwrap.wrap(v, _width() - key_w - 4) or ["-"]
+        out.append(f"  {k.ljust(key_w)}  {lines[0]}")
+        out.extend(" " * (key_w + 4) + rest for rest in lines[1:])
+    out += ["", "config fields:", textwrap.indent(format_table(("field", "type", "default", "description"), config_rows(spec.config)), "  ")]
+    print("\n".join(out))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    try:
+        spec = default_registry().get(args.name)
+    except UnknownVariantError as exc:
+        return _unknown(exc)
+    print(json.dumps(spec.config.model_json_schema(), indent=2))
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    infos = default_registry().plugins()
+    if not infos:
+        print("no plugins loaded (ZOO_LOAD_PLUGINS may disable them)")
+        return 0
+    rows = []
+    for p in infos:
+        detail = p.error if p.status == "failed" else ", ".join(p.variants) or "(no variants)"
+        if p.problems:
+            detail += " | " + "; ".join(p.problems)
+        rows.append((p.name, p.distribution or "-", p.version or "-", p.status, f"{p.seconds * 1000:.0f} ms", detail))
+    print(format_table(("plugin", "distribution", "version", "status", "import", "variants / error"), rows))
+    return 1 if args.strict and any(p.status == "failed" or p.problems for p in infos) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description="attention-zoo: attention variants as interchangeable, checked parts.")
+    parser.add_argument("--version", action="version", version=f"attention-zoo {__import__('zoo').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list registered variants")
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'cross*'")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="describe a variant: summary, paper, config fields, source")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of a variant's config")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("plugins", help="list loaded and failed plugins")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed")
+    p.set_defaults(func=cmd_plugins)
+
+    for name, (module, help_) in _DELEGATED.items():
+        p = sub.add_parser(name, help=help_)
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run)
+
+    default_registry().call_commands_hook(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UnknownVariantError as exc:
+        return _unknown(exc)
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,157 @@
+"""The shared pieces of every attention layer: input validation and the fused path.
+
+Validation helpers raise ``ValueError`` naming the argument, what was expected,
+what came and how to fix it: never ``assert`` (it vanishes under ``python -O``),
+never a crash deep inside torch.
+
+:func:`attend` is the one fused path every attention variant runs on:
+``torch.nn.functional.scaled_dot_product_attention`` (a flash kernel on CPU and
+CUDA that never materialises the N x M score matrix), with the zoo's rule for a
+query that has nothing to attend: its attention term is exactly zero, never NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "attend",
+    "split_heads",
+    "merge_heads",
+    "validate_tensor",
+    "validate_mask",
+    "validate_same_batch",
+]
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def validate_tensor(
+    name: str,
+    t: object,
+    *,
+    ndim: int | Sequence[int],
+    last_dim: int | None = None,
+    like: Tensor | None = None,
+    legend: str = "",
+) -> Tensor:
+    """Check that ``t`` is a floating tensor of rank ``ndim`` whose last axis is ``last_dim``.
+
+    ``like`` (usually a weight) fixes the dtype and device the tensor must have.
+    ``legend`` spells the expected shape, e.g. ``"(B, N, query_dim=64)"``.
+    """
+    ranks = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {legend}, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float32, float64, bfloat16, float16), "
+            f"got dtype {t.dtype}; convert it with {name}.float()"
+        )
+    if t.ndim not in ranks:
+        raise ValueError(
+            f"{name} must have {' or '.join(map(str, ranks))} dimensions {legend}, "
+            f"got shape {_shape(t)}"
+        )
+    if last_dim is not None and t.shape[-1] != last_dim:
+        raise ValueError(
+            f"{name} must have last dimension {last_dim} {legend}, got shape {_shape(t)}; "
+            f"check the layer's config (query_dim/context_dim) against your data"
+        )
+    if t.numel() == 0:
+        raise ValueError(
+            f"{name} is empty: shape {_shape(t)}; every dimension must be at least 1 "
+            f"(drop empty batches before calling the layer)"
+        )
+    if like is not None:
+        if t.device != like.device:
+            raise ValueError(
+                f"{name} is on {t.device} but the layer's weights are on {like.device}; "
+                f"move one of them (module.to({t.device!s}) or {name}.to({like.device!s}))"
+            )
+        if t.dtype != like.dtype:
+            raise ValueError(
+                f"{name} has dtype {t.dtype} but the layer's weights are {like.dtype}; "
+                f"cast one of them (module.to({t.dtype}) or {name}.to({like.dtype}))"
+            )
+    return t
+
+
+def validate_same_batch(x: Tensor, context: Tensor) -> None:
+    if context.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"context has batch size {context.shape[0]} but x has {x.shape[0]}: "
+            f"x {_shape(x)}, context {_shape(context)}"
+        )
+
+
+def validate_mask(name: str, mask: object, expected: Sequence[int], legend: str = "") -> Tensor:
+    """Check a boolean mask (True = may be attended) against its expected shape."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a bool tensor of shape {tuple(expected)}, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise ValueError(
+            f"{name} must have dtype torch.bool (True = may be attended), got {mask.dtype}; "
+            f"for a 0/1 mask use {name}.bool()"
+        )
+    if tuple(mask.shape) != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {tuple(expected)} {legend}(context.shape[:-1]), "
+            f"got {tuple(mask.shape)}"
+        )
+    return mask
+
+
+def split_heads(t: Tensor, heads: int) -> Tensor:
+    """``(B, L, h*d) -> (B, h, L, d)`` (contiguous ``(h d)`` blocks, as diffusers)."""
+    b, n, _ = t.shape
+    return t.view(b, n, heads, -1).transpose(1, 2)
+
+
+def merge_heads(t: Tensor) -> Tensor:
+    """``(B, h, L, d) -> (B, L, h*d)``."""
+    b, h, n, d = t.shape
+    return t.transpose(1, 2).reshape(b, n, h * d)
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_mask: Tensor | None = None,
+    *,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Scaled dot-product attention on the fused path, with zero for empty rows.
+
+    Args:
+        q: ``(..., h, N, d)``.
+        k, v: ``(..., h, M, d)`` and ``(..., h, M, d_v)``.
+        key_mask: bool ``(..., M)``, True = may be attended, shared by every query
+            and head of that batch element; ``None`` attends to everything.
+        dropout_p: attention dropout (pass 0.0 in eval).
+
+    Returns:
+        ``(..., h, N, d_v)``. Where ``key_mask`` leaves nothing to attend, the result
+        is exactly zero (forward) with zero gradient (backward): such rows are given
+        a harmless all-True mask for the kernel and zeroed afterwards, so neither
+        the kernel version nor the device can turn them into NaN.
+    """
+    if key_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    empty = ~key_mask.any(dim=-1)  # (...,)
+    any_empty = bool(empty.any())
+    if any_empty:
+        key_mask = key_mask | empty.unsqueeze(-1)
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=key_mask[..., None, None, :], dropout_p=dropout_p
+    )
+    if any_empty:
+        out = out.masked_fill(empty[..., None, None, None], 0.0)
+    return out

@@ -1,0 +1,1 @@
+"""The shared harness (work in progress)."""

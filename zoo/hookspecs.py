@@ -1,0 +1,95 @@
+"""The hooks a zoo plugin can implement.
+
+A plugin is any module or object registered under the entry-point group ``zoo``
+whose functions are marked with :data:`zoo.hookimpl`. The built-in variants are
+plugins of exactly this kind (see ``plugins/`` in the repository).
+
+Example, a complete plugin module ``my_attention.py``::
+
+    import zoo
+
+    @zoo.hookimpl
+    def zoo_register_variants(register):
+        register(zoo.VariantSpec(name="my-attention", module=MyAttention,
+                                 config=MyAttentionConfig, summary="..."))
+
+and in its ``pyproject.toml``::
+
+    [project.entry-points.zoo]
+    my-attention = "my_attention"
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    import argparse
+
+    from zoo.registry import VariantSpec
+
+hookspec = pluggy.HookspecMarker("zoo")
+hookimpl = pluggy.HookimplMarker("zoo")
+
+
+@hookspec
+def zoo_register_variants(register: Callable[[VariantSpec], None]) -> None:
+    """Register attention variants.
+
+    Called once per process, the first time the registry is consulted
+    (``zoo.list_variants``, ``zoo.get_variant``, ``zoo.create``, the CLI, ...),
+    for every plugin that the entry-point group ``zoo`` names and that the
+    ``ZOO_LOAD_PLUGINS`` environment variable allows.
+
+    Args:
+        register: call ``register(spec)`` once per :class:`zoo.VariantSpec` the
+            plugin provides. The zoo records which plugin and distribution
+            registered the name; a name (or alias) that is already taken is
+            refused with a :class:`zoo.RegistrationError` naming both sources,
+            and an invalid spec is refused likewise. A refused spec is reported
+            by ``zoo plugins`` and does not stop the plugin's other specs or
+            other plugins.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Example::
+
+        @zoo.hookimpl
+        def zoo_register_variants(register):
+            register(zoo.VariantSpec(name="cross", module=CrossAttention,
+                                     config=CrossConfig, summary="Multi-head cross-attention"))
+    """
+
+
+@hookspec
+def zoo_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add sub-commands to the ``zoo`` command line.
+
+    Called once when ``zoo`` builds its argument parser, for every loaded plugin.
+    A plugin adds its own commands with ``subparsers.add_parser(name, help=...)``
+    and sets ``func`` through ``set_defaults(func=...)``; ``func(args)`` is called
+    with the parsed arguments and its integer return value is the exit status.
+    A plugin whose hook raises is reported and the command line keeps working.
+
+    Args:
+        subparsers: the object returned by ``argparse.ArgumentParser.add_subparsers``.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Example::
+
+        @zoo.hookimpl
+        def zoo_register_commands(subparsers):
+            p = subparsers.add_parser("retro", help="build and query a RETRO database")
+            p.set_defaults(func=lambda args: print("hello") or 0)
+    """
+
+
+HOOKS: dict[str, Any] = {
+    "zoo_register_variants": zoo_register_variants,
+    "zoo_register_commands": zoo_register_commands,
+}

@@ -1,0 +1,326 @@
+"""The registry: which variants exist, under which names, and who registered them.
+
+Plugins are found through the entry-point group ``zoo`` and loaded lazily, once,
+the first time the registry is consulted. Each plugin is imported and called in
+isolation: one that fails to import, raises in its hook, registers a clashing name
+or an invalid spec is recorded as a failure (``zoo plugins`` lists it with its
+name, version and error) and every other plugin keeps working.
+
+Environment variables:
+    ZOO_LOAD_PLUGINS: comma-separated entry-point or distribution names to load;
+        unset loads all, empty (or ``none``) loads none.
+    ZOO_STRICT_PLUGINS: ``1`` turns plugin failures (and slow imports) into a
+        :class:`zoo.PluginError` (for CI).
+    ZOO_PLUGIN_SLOW_S: seconds above which a plugin's import is reported as slow
+        (default 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from zoo import hookspecs
+from zoo.errors import PluginError, RegistrationError, UnknownVariantError
+from zoo.spec import VariantSpec, validate_spec
+
+__all__ = [
+    "PluginInfo",
+    "Registry",
+    "default_registry",
+    "use_registry",
+    "register",
+    "unregister",
+    "list_variants",
+    "get_variant",
+    "plugins",
+]
+
+ENTRY_POINT_GROUP = "zoo"
+
+
+@dataclass
+class PluginInfo:
+    """What happened when one plugin was loaded."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    status: str = "loaded"  # "loaded" or "failed"
+    error: str | None = None
+    variants: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # refused specs, slow import, ...
+    seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        if self.distribution:
+            return f"{self.name} ({self.distribution} {self.version})"
+        return self.name
+
+
+def _allowed(env_value: str | None, ep: metadata.EntryPoint) -> bool:
+    if env_value is None:
+        return True
+    wanted = {w.strip() for w in env_value.split(",") if w.strip()}
+    if not wanted or wanted == {"none"}:
+        return False
+    dist = getattr(ep, "dist", None)
+    return ep.name in wanted or (dist is not None and dist.name in wanted)
+
+
+class Registry:
+    """A set of registered variants plus the plugin manager that filled it.
+
+    The module-level functions (:func:`zoo.list_variants`, ...) use one default
+    instance; tests build their own (``Registry(load_entry_points=False)``) and
+    install it with :func:`use_registry`.
+    """
+
+    def __init__(
+        self,
+        *,
+        load_entry_points: bool = True,
+        strict: bool | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self._env = os.environ if env is None else env
+        self.strict = (
+            self._env.get("ZOO_STRICT_PLUGINS", "") not in ("", "0", "false")
+            if strict is None
+            else strict
+        )
+        self._specs: dict[str, VariantSpec] = {}
+        self._aliases: dict[str, str] = {}
+        self._plugins: dict[str, PluginInfo] = {}
+        self._load_entry_points = load_entry_points
+        self._loaded = False
+        self._lock = threading.RLock()
+        self.pm = pluggy.PluginManager("zoo")
+        self.pm.add_hookspecs(hookspecs)
+
+    # -- plugin loading -------------------------------------------------
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+            if self._load_entry_points:
+                self._load_entry_point_plugins()
+
+    def _load_entry_point_plugins(self) -> None:
+        wanted = self._env.get("ZOO_LOAD_PLUGINS")
+        seen: set[tuple[str, str]] = set()
+        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        slow_s = float(self._env.get("ZOO_PLUGIN_SLOW_S", "2"))
+        for ep in eps:
+            if (ep.name, ep.value) in seen or not _allowed(wanted, ep):
+                continue
+            seen.add((ep.name, ep.value))
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(
+                name=ep.name,
+                distribution=dist.name if dist else None,
+                version=dist.version if dist else None,
+            )
+            start = time.perf_counter()
+            try:
+                obj = ep.load()
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - never take the zoo down
+                info.seconds = time.perf_counter() - start
+                self._fail(info, f"import failed: {type(exc).__name__}: {exc}", exc)
+                continue
+            info.seconds = time.perf_counter() - start
+            if info.seconds > slow_s:
+                info.problems.append(f"slow import: {info.seconds:.1f} s (limit {slow_s:g} s)")
+            self._add_plugin(obj, info)
+
+    def _fail(self, info: PluginInfo, message: str, exc: BaseException | None = None) -> None:
+        info.status = "failed"
+        info.error = message
+        self._plugins[info.name] = info
+        if self.strict:
+            raise PluginError(f"plugin {info.label}: {message}") from exc
+
+    def load_plugin(self, plugin: Any, name: str | None = None, distribution: str | None = None,
+                    version: str | None = None) -> PluginInfo:
+        """Register a plugin object (module, class or instance with hook implementations)
+        in-process, as if an entry point had named it; returns what happened."""
+        self._ensure_loaded()
+        info = PluginInfo(name=name or getattr(plugin, "__name__", repr(plugin)),
+                          distribution=distribution, version=version)
+        with self._lock:
+            self._add_plugin(plugin, info)
+        return info
+
+    def _add_plugin(self, obj: Any, info: PluginInfo) -> None:
+        try:
+            self.pm.register(obj, name=info.name)
+            self.pm.check_pending()
+        except Exception as exc:  # noqa: BLE001
+            with contextlib.suppress(Exception):
+                self.pm.unregister(name=info.name)
+            self._fail(info, f"invalid hooks: {type(exc).__name__}: {exc}", exc)
+            return
+        self._plugins[info.name] = info
+        for impl in self.pm.hook.zoo_register_variants.get_hookimpls():
+            if impl.plugin_name != info.name:
+                continue
+
+            def _register(spec: Any, _info: PluginInfo = info) -> None:
+                self._register_from_plugin(spec, _info)
+
+            try:
+                impl.function(*[{"register": _register}[a] for a in impl.argnames])
+            except PluginError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self._fail(info, f"zoo_register_variants raised {type(exc).__name__}: {exc}", exc)
+                info.error += "\n" + "".join(traceback.format_exception(exc)[-3:]).rstrip()
+        if self.strict and info.problems:
+            raise PluginError(f"plugin {info.label}: " + "; ".join(info.problems))
+
+    def _register_from_plugin(self, spec: Any, info: PluginInfo) -> None:
+        try:
+            spec = validate_spec(spec)
+            spec = spec.replace(plugin=info.name, distribution=info.distribution)
+            self._add(spec)
+        except RegistrationError as exc:
+            info.problems.append(str(exc))
+            if self.strict:
+                raise PluginError(f"plugin {info.label}: {exc}") from exc
+            return
+        info.variants.append(spec.name)
+
+    # -- registration -----------------------------------------------------
+    def _add(self, spec: VariantSpec) -> None:
+        with self._lock:
+            for key in (spec.name, *spec.aliases):
+                owner = self._owner(key)
+                if owner is not None:
+                    raise RegistrationError(
+                        f"cannot register {key!r} from {spec.source}: the name is already "
+                        f"taken by variant {owner.name!r} from {owner.source}"
+                    )
+            self._specs[spec.name] = spec
+            for alias in spec.aliases:
+                self._aliases[alias] = spec.name
+
+    def _owner(self, key: str) -> VariantSpec | None:
+        if key in self._specs:
+            return self._specs[key]
+        if key in self._aliases:
+            return self._specs[self._aliases[key]]
+        return None
+
+    def register(self, spec: VariantSpec) -> VariantSpec:
+        """Register ``spec`` in-process; a taken name raises :class:`RegistrationError`."""
+        self._ensure_loaded()
+        spec = validate_spec(spec)
+        self._add(spec)
+        return spec
+
+    def unregister(self, name: str) -> VariantSpec:
+        """Remove a variant (by canonical name or alias) and return its spec."""
+        self._ensure_loaded()
+        with self._lock:
+            spec = self.get(name)
+            del self._specs[spec.name]
+            for alias in spec.aliases:
+                self._aliases.pop(alias, None)
+            return spec
+
+    # -- lookup -------------------------------------------------------------
+    def names(self, pattern: str = "*") -> list[str]:
+        self._ensure_loaded()
+        return sorted(n for n in self._specs if fnmatch.fnmatchcase(n, pattern))
+
+    def get(self, name: str) -> VariantSpec:
+        self._ensure_loaded()
+        if not isinstance(name, str):
+            raise TypeError(f"a variant name must be a str, got {type(name).__name__}")
+        spec = self._owner(name)
+        if spec is None:
+            raise UnknownVariantError(name, [*self._specs, *self._aliases])
+        return spec
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every plugin seen, loaded or failed, sorted by name."""
+        self._ensure_loaded()
+        return sorted(self._plugins.values(), key=lambda p: p.name)
+
+    def call_commands_hook(self, subparsers: Any) -> None:
+        """Let each plugin add CLI sub-commands; a failing plugin is reported, not fatal."""
+        self._ensure_loaded()
+        for impl in self.pm.hook.zoo_register_commands.get_hookimpls():
+            try:
+                impl.function(*[{"subparsers": subparsers}[a] for a in impl.argnames])
+            except Exception as exc:  # noqa: BLE001
+                info = self._plugins.get(impl.plugin_name)
+                if info is not None:
+                    info.problems.append(f"zoo_register_commands raised {type(exc).__name__}: {exc}")
+                if self.strict:
+                    raise PluginError(f"plugin {impl.plugin_name}: {exc}") from exc
+
+
+_default: Registry | None = None
+_default_lock = threading.Lock()
+
+
+def default_registry() -> Registry:
+    """The process-wide registry (created on first use)."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Registry()
+    return _default
+
+
+@contextlib.contextmanager
+def use_registry(registry: Registry) -> Iterator[Registry]:
+    """Make ``registry`` the default inside a ``with`` block (tests, sandboxes)."""
+    global _default
+    previous = _default
+    _default = registry
+    try:
+        yield registry
+    finally:
+        _default = previous
+
+
+def register(spec: VariantSpec) -> VariantSpec:
+    """Register ``spec`` in-process (notebooks, tests). Duplicate name -> RegistrationError."""
+    return default_registry().register(spec)
+
+
+def unregister(name: str) -> VariantSpec:
+    """Undo a registration; returns the removed spec."""
+    return default_registry().unregister(name)
+
+
+def list_variants(pattern: str = "*") -> list[str]:
+    """Sorted canonical names of the registered variants matching an fnmatch ``pattern``."""
+    return default_registry().names(pattern)
+
+
+def get_variant(name: str) -> VariantSpec:
+    """The spec registered under ``name`` (canonical or alias); unknown -> UnknownVariantError."""
+    return default_registry().get(name)
+
+
+def plugins() -> list[PluginInfo]:
+    """The plugins the default registry loaded or failed to load."""
+    return default_registry().plugins()

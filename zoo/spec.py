@@ -1,0 +1,182 @@
+"""`VariantSpec`: the immutable description of one attention variant."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from zoo.errors import RegistrationError
+
+if TYPE_CHECKING:
+    import torch
+    from pydantic import BaseModel
+
+__all__ = ["Capabilities", "Law", "VariantSpec", "default_make_inputs", "validate_spec"]
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a variant can do; decides which harness checks apply (like estimator tags).
+
+    Attributes:
+        attention: computes softmax attention (False for e.g. FiLM).
+        self_attention: ``context=None`` is accepted (self-attention or memory only).
+        masks: ``context_mask`` is accepted.
+        dropout: the config has a ``dropout`` field that acts in training.
+        query_order_equivariant: permuting the queries permutes the output the same way
+            (no positions along N).
+        context_order_invariant: permuting context tokens along ``context_set_axes``
+            leaves the output unchanged.
+        context_set_axes: the axes of ``context`` whose order carries no meaning.
+        equal_lengths: ``x`` and ``context`` index the same items (``N == M``); the
+            query-order check then permutes both together.
+        chunk_causal: positions never see the context of a later chunk (RETRO).
+        context_required: a query always needs context (no self-attention fallback).
+    """
+
+    attention: bool = True
+    self_attention: bool = True
+    masks: bool = True
+    dropout: bool = True
+    query_order_equivariant: bool = True
+    context_order_invariant: bool = True
+    context_set_axes: tuple[int, ...] = (1,)
+    equal_lengths: bool = False
+    chunk_causal: bool = False
+    context_required: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Law:
+    """A variant-specific property the harness proves (a reduction, causality, ...).
+
+    ``check(spec, fields, generator)`` builds what it needs from ``spec`` and the
+    example config ``fields`` and raises ``AssertionError`` with a helpful message
+    when the law does not hold. Its harness id is ``law:<name>``.
+    """
+
+    name: str
+    description: str
+    check: Callable[[VariantSpec, dict, torch.Generator], None]
+
+
+def default_make_inputs(module, *, batch, query_len, context_len, generator, dtype):
+    """Inputs for a layer whose config has ``query_dim`` and ``context_dim``.
+
+    Returns ``{"x": (batch, query_len, query_dim), "context": (batch, context_len, context_dim)}``.
+    """
+    import torch
+
+    cfg = module.config
+    query_dim = cfg.query_dim
+    context_dim = getattr(cfg, "context_dim", None) or query_dim
+    x = torch.randn(batch, query_len, query_dim, generator=generator, dtype=dtype)
+    context = torch.randn(batch, context_len, context_dim, generator=generator, dtype=dtype)
+    return {"x": x, "context": context}
+
+
+@dataclass(frozen=True, kw_only=True)
+class VariantSpec:
+    """The immutable description of one variant: everything the registry, the
+    harness, the CLI and the catalog need. Build it with keywords; change a copy
+    with :meth:`replace`.
+
+    Attributes:
+        name: canonical registry name (lower case, digits, ``-``, ``_``, ``.``).
+        module: the layer class; ``module(**config_fields)`` builds it.
+        config: its pydantic config model (subclass of :class:`zoo.VariantConfig`)
+            with ``variant: Literal[name]``.
+        summary: one line for listings.
+        paper: citation (title, authors, year, arXiv id or URL).
+        aliases: other accepted names.
+        make_inputs: ``make_inputs(module, *, batch, query_len, context_len, generator,
+            dtype) -> dict`` of keyword arguments for ``module(**inputs)``.
+        examples: small configs (field values without ``variant``) the harness checks.
+        reference: ``reference(module, **inputs) -> Tensor``, a naive computation of
+            the output from the module's parameters that never calls ``forward``.
+        capabilities: which checks apply.
+        laws: variant-specific properties the harness proves.
+        equation: LaTeX of the computation, for the catalog.
+        complexity: time complexity in N and M, for the catalog.
+        context_shape: the shape of ``context`` in words, for the catalog.
+        plugin, distribution: where the spec came from (filled in by the registry).
+    """
+
+    name: str
+    module: type
+    config: type[BaseModel]
+    summary: str
+    paper: str | None = None
+    aliases: tuple[str, ...] = ()
+    make_inputs: Callable[..., dict] = default_make_inputs
+    examples: tuple[dict, ...] = ()
+    reference: Callable[..., Any] | None = None
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    laws: tuple[Law, ...] = ()
+    equation: str | None = None
+    complexity: str | None = None
+    context_shape: str | None = None
+    plugin: str | None = None
+    distribution: str | None = None
+
+    def replace(self, **changes: Any) -> VariantSpec:
+        """A copy with ``changes`` applied (the spec itself is immutable)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def source(self) -> str:
+        """Where the spec came from, for messages: ``plugin (distribution)``."""
+        if self.plugin and self.distribution:
+            return f"plugin {self.plugin!r} ({self.distribution})"
+        if self.plugin:
+            return f"plugin {self.plugin!r}"
+        return "in-process registration (zoo.register)"
+
+    def example_configs(self) -> tuple[dict, ...]:
+        """The examples the harness builds; one from the config defaults if none given."""
+        return self.examples or ({},)
+
+
+def validate_spec(spec: Any) -> VariantSpec:
+    """Check that ``spec`` is a usable :class:`VariantSpec`; raise ``RegistrationError``."""
+    if not isinstance(spec, VariantSpec):
+        raise RegistrationError(
+            f"register() expects a zoo.VariantSpec, got {type(spec).__name__}: {spec!r:.80}"
+        )
+    if not isinstance(spec.name, str) or not _NAME.match(spec.name):
+        raise RegistrationError(
+            f"variant name {spec.name!r} is invalid: use lower-case letters, digits, '-', '_' or '.'"
+        )
+    import torch
+    from pydantic import BaseModel
+
+    if not (isinstance(spec.module, type) and issubclass(spec.module, torch.nn.Module)):
+        raise RegistrationError(
+            f"variant {spec.name!r}: module must be a torch.nn.Module subclass, got {spec.module!r}"
+        )
+    if not (isinstance(spec.config, type) and issubclass(spec.config, BaseModel)):
+        raise RegistrationError(
+            f"variant {spec.name!r}: config must be a pydantic model class, got {spec.config!r}"
+        )
+    fld = spec.config.model_fields.get("variant")
+    if fld is None or typing.get_args(fld.annotation) != (spec.name,):
+        raise RegistrationError(
+            f"variant {spec.name!r}: its config {spec.config.__name__} must declare "
+            f"`variant: Literal[{spec.name!r}]`"
+        )
+    for alias in spec.aliases:
+        if not isinstance(alias, str) or not _NAME.match(alias):
+            raise RegistrationError(f"variant {spec.name!r}: alias {alias!r} is invalid")
+    if not callable(spec.make_inputs):
+        raise RegistrationError(f"variant {spec.name!r}: make_inputs must be callable")
+    if spec.reference is not None and not callable(spec.reference):
+        raise RegistrationError(f"variant {spec.name!r}: reference must be callable")
+    return spec
