@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -37,6 +38,8 @@ class Capabilities:
             query-order check then permutes both together.
         chunk_causal: positions never see the context of a later chunk (RETRO).
         context_required: a query always needs context (no self-attention fallback).
+        min_query_len: the shortest ``x`` the harness builds (lengths below it are raised
+            to it), e.g. RETRO's ``chunk_size`` when a shorter ``x`` has no chunk at all.
     """
 
     attention: bool = True
@@ -49,6 +52,7 @@ class Capabilities:
     equal_lengths: bool = False
     chunk_causal: bool = False
     context_required: bool = False
+    min_query_len: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -107,6 +111,9 @@ class VariantSpec:
         equation: LaTeX of the computation, for the catalog.
         complexity: time complexity in N and M, for the catalog.
         context_shape: the shape of ``context`` in words, for the catalog.
+        tolerances: per-dtype ``(atol, rtol)`` for the harness's oracle comparisons,
+            keyed ``"float32"``, ``"float64"``, ``"bfloat16"``; unset keys keep the
+            harness defaults (:data:`zoo.harness.checks.TOLERANCES`).
         plugin, distribution: where the spec came from (filled in by the registry).
     """
 
@@ -124,6 +131,7 @@ class VariantSpec:
     equation: str | None = None
     complexity: str | None = None
     context_shape: str | None = None
+    tolerances: Mapping[str, tuple[float, float]] | None = None
     plugin: str | None = None
     distribution: str | None = None
 
