@@ -92,8 +92,7 @@ class CrossAttention(nn.Module):
         q = split_heads(self.to_q(x), self.heads)
         k = split_heads(self.to_k(context), self.heads)
         v = split_heads(self.to_v(context), self.heads)
-        mask = None if context_mask is None else context_mask[:, None, :]  # (B, 1, M): shared by heads
-        out = merge_heads(attend(q, k, v, mask))
+        out = merge_heads(attend(q, k, v, context_mask))  # mask (B, M): shared by heads and queries
         return self.to_out[1](self.to_out[0](out))
 
 
@@ -102,24 +101,24 @@ def reference(module: CrossAttention, x: Tensor, context: Tensor | None = None, 
     c = x if context is None else context
     h = module.heads
     q, k, v = (heads_view(linear(t, lin), h) for t, lin in ((x, module.to_q), (c, module.to_k), (c, module.to_v)))
-    mask = None if context_mask is None else context_mask[:, None, :]
-    return linear(heads_merge(naive_attention(q, k, v, mask)), module.to_out[0])
+    return linear(heads_merge(naive_attention(q, k, v, context_mask)), module.to_out[0])
 
 
 def _law_matches_multihead_attention(spec, fields, generator):
     """Same weights in torch.nn.MultiheadAttention (kdim/vdim) give the same output."""
-    layer = zoo.create(spec, **{**fields, "dropout": 0.0}).double().eval()
-    inner = layer.heads * layer.to_q.out_features // layer.heads
-    if layer.to_q.bias is None and layer.to_out[0].bias is None:
-        pass
+    # MultiheadAttention's queries and output have its embed_dim = h*d, so compare on a
+    # layer with query_dim = h*d built from the example's other fields.
+    inner = fields.get("heads", 8) * fields.get("dim_head", 64)
+    layer = zoo.create(spec, **{**fields, "query_dim": inner, "dropout": 0.0}).double().eval()
     mha = nn.MultiheadAttention(inner, layer.heads, kdim=layer.context_dim, vdim=layer.context_dim,
                                 batch_first=True, bias=True, dtype=torch.float64)
-    if inner != layer.query_dim:
-        return  # MultiheadAttention's output width is its embed_dim: only comparable when h*d == Dq
     with torch.no_grad():
-        mha.q_proj_weight.copy_(layer.to_q.weight)
-        mha.k_proj_weight.copy_(layer.to_k.weight)
-        mha.v_proj_weight.copy_(layer.to_v.weight)
+        if mha.in_proj_weight is not None:  # kdim == vdim == embed_dim: one packed matrix
+            mha.in_proj_weight.copy_(torch.cat([layer.to_q.weight, layer.to_k.weight, layer.to_v.weight]))
+        else:
+            mha.q_proj_weight.copy_(layer.to_q.weight)
+            mha.k_proj_weight.copy_(layer.to_k.weight)
+            mha.v_proj_weight.copy_(layer.to_v.weight)
         zeros = torch.zeros(inner, dtype=torch.float64)
         mha.in_proj_bias.copy_(torch.cat([
             layer.to_q.bias if layer.to_q.bias is not None else zeros,
@@ -127,7 +126,7 @@ def _law_matches_multihead_attention(spec, fields, generator):
             layer.to_v.bias if layer.to_v.bias is not None else zeros,
         ]))
         mha.out_proj.weight.copy_(layer.to_out[0].weight)
-        mha.out_proj.bias.copy_(layer.to_out[0].bias if layer.to_out[0].bias is not None else zeros[: layer.query_dim])
+        mha.out_proj.bias.copy_(layer.to_out[0].bias if layer.to_out[0].bias is not None else zeros)
     x = torch.randn(2, 5, layer.query_dim, generator=generator, dtype=torch.float64)
     c = torch.randn(2, 7, layer.context_dim, generator=generator, dtype=torch.float64)
     mask = torch.rand(2, 7, generator=generator) > 0.3

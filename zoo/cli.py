@@ -12,7 +12,7 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from zoo.errors import UnknownVariantError
+from zoo.errors import PluginError, UnknownVariantError
 from zoo.registry import default_registry
 
 # Sub-commands that live in their own module: module.add_arguments(parser), module.run(args).
@@ -175,7 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except PluginError as exc:  # strict mode (ZOO_STRICT_PLUGINS=1)
+        print(f"zoo: {exc}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -184,5 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UnknownVariantError as exc:
         return _unknown(exc)
+    except PluginError as exc:
+        print(f"zoo: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0

@@ -133,8 +133,9 @@ def attend(
     Args:
         q: ``(..., h, N, d)``.
         k, v: ``(..., h, M, d)`` and ``(..., h, M, d_v)``.
-        key_mask: bool ``(..., M)``, True = may be attended, shared by every query
-            and head of that batch element; ``None`` attends to everything.
+        key_mask: bool ``(..., M)`` where ``...`` are q's leading dims *before* the head
+            axis (e.g. ``(B, M)`` for ``q (B, h, N, d)``); True = may be attended, shared
+            by every head and query of that batch element; ``None`` attends to everything.
         dropout_p: attention dropout (pass 0.0 in eval).
 
     Returns:
