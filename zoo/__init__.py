@@ -14,6 +14,7 @@ from typing import Any
 from zoo.config import AttentionConfig, VariantConfig, create, load_config
 from zoo.errors import PluginError, RegistrationError, UnknownVariantError
 from zoo.hookspecs import hookimpl
+from zoo.io import load, save
 from zoo.registry import get_variant, list_variants, plugins, register, unregister
 from zoo.spec import Capabilities, Law, VariantSpec
 
@@ -34,9 +35,11 @@ __all__ = [
     "get_variant",
     "hookimpl",
     "list_variants",
+    "load",
     "load_config",
     "plugins",
     "register",
+    "save",
     "unregister",
 ]
 
