@@ -52,8 +52,7 @@ def test_malicious_pickle_is_refused_without_running(layer, tmp_path, monkeypatc
         zoo.load(path)
     assert not marker.exists()
     # the control: an unrestricted load of the same file does run the payload
-    with pytest.raises(Exception):
-        torch.load(path, weights_only=False)
+    torch.load(path, weights_only=False)
     assert marker.exists()
 
 
