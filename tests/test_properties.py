@@ -1,0 +1,96 @@
+"""Every registered variant, driven with random shapes, masks, dtypes and bad input.
+
+The property: a layer either returns a finite tensor with x's shape and dtype, or
+raises one of the documented errors (ValueError, TypeError) with a message;
+nothing else (no crash deep in torch, no NaN, no silent garbage shape). Valid
+input must always succeed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from variant_utils import build, inputs_for, random_mask, registered
+
+MUTATIONS = [
+    "none", "mask", "all-masked", "mask-shape", "mask-dtype", "x-width", "x-rank",
+    "context-width", "context-rank", "batch", "dtype", "integer", "empty-x", "not-a-tensor",
+]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+
+
+def _mutate(mutation, spec, inputs, g):
+    x = inputs["x"]
+    context = inputs.get("context")
+    if mutation in ("mask", "all-masked"):
+        mask = random_mask(spec, inputs, g, p_keep=0.0 if mutation == "all-masked" else 0.6)
+        if mask is not None:
+            inputs["context_mask"] = mask
+    elif mutation == "mask-shape" and context is not None:
+        inputs["context_mask"] = torch.ones(*context.shape[:-1], 2, dtype=torch.bool)
+    elif mutation == "mask-dtype" and context is not None:
+        inputs["context_mask"] = torch.ones(context.shape[:-1])
+    elif mutation == "x-width":
+        inputs["x"] = torch.randn(*x.shape[:-1], x.shape[-1] + 1, dtype=x.dtype)
+    elif mutation == "x-rank":
+        inputs["x"] = x[0]
+    elif mutation == "context-width" and context is not None:
+        inputs["context"] = torch.randn(*context.shape[:-1], context.shape[-1] + 3, dtype=context.dtype)
+    elif mutation == "context-rank" and context is not None:
+        inputs["context"] = context.unsqueeze(0)
+    elif mutation == "batch" and context is not None:
+        inputs["context"] = torch.cat([context, context], dim=0)
+    elif mutation == "dtype":
+        inputs["x"] = x.to(torch.float64 if x.dtype != torch.float64 else torch.float32)
+    elif mutation == "integer":
+        inputs["x"] = x.to(torch.int64)
+    elif mutation == "empty-x":
+        inputs["x"] = x[:, :0]
+    elif mutation == "not-a-tensor":
+        inputs["x"] = x.tolist()
+    else:
+        return False  # mutation does not apply: the input stays valid
+    return mutation not in ("mask", "all-masked")
+
+
+@pytest.mark.parametrize("name", registered())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_finite_output_or_documented_error(name, data):
+    example = data.draw(st.integers(0, 10), label="example")
+    spec, _ = build(name)
+    example %= len(spec.example_configs())
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    spec, layer = build(name, example, dtype=dtype)
+    batch = data.draw(st.integers(1, 3), label="batch")
+    n = data.draw(st.integers(1, 20), label="query_len")
+    m = data.draw(st.integers(1, 9), label="context_len")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    inputs = inputs_for(spec, layer, batch=batch, query_len=n, context_len=m, dtype=dtype, seed=seed)
+    mutation = data.draw(st.sampled_from(MUTATIONS), label="mutation")
+    bad = _mutate(mutation, spec, inputs, torch.Generator().manual_seed(seed))
+    try:
+        with torch.no_grad():
+            out = layer(**inputs)
+    except (ValueError, TypeError) as exc:
+        assert bad, f"valid input ({mutation}) was refused: {exc}"
+        assert len(str(exc)) > 20, f"unhelpful message: {exc!r}"
+        return
+    assert not bad, f"bad input ({mutation}) was accepted and gave shape {tuple(out.shape)}"
+    x = inputs["x"]
+    assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+    assert torch.isfinite(out).all(), f"non-finite output for {mutation} in {dtype}"
+
+
+def test_property_fails_when_validation_is_removed(monkeypatch):
+    """The property test catches a layer whose input validation was taken out."""
+    import attention_zoo_plugins.cross as cross
+
+    monkeypatch.setattr(cross, "validate_tensor", lambda name, t, **kw: t)
+    monkeypatch.setattr(cross, "validate_same_batch", lambda x, c: None)
+    with pytest.raises(Exception) as info:
+        test_finite_output_or_documented_error("cross")
+    assert not isinstance(info.value, pytest.skip.Exception)
