@@ -17,7 +17,8 @@ from variant_utils import build, inputs_for, random_mask, registered
 
 MUTATIONS = [
     "none", "mask", "all-masked", "mask-shape", "mask-dtype", "x-width", "x-rank",
-    "context-width", "context-rank", "batch", "dtype", "integer", "empty-x", "not-a-tensor",
+    "context-width", "context-rank", "batch", "dtype", "integer", "empty-x", "empty-context",
+    "device", "not-a-tensor",
 ]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 
@@ -49,6 +50,12 @@ def _mutate(mutation, spec, inputs, g):
         inputs["x"] = x.to(torch.int64)
     elif mutation == "empty-x":
         inputs["x"] = x[:, :0]
+    elif mutation == "empty-context" and context is not None and context.ndim >= 3 and context.shape[1] > 0:
+        inputs["context"] = context[:, :0]
+        if "context_mask" in inputs:
+            inputs["context_mask"] = inputs["context_mask"][:, :0]
+    elif mutation == "device":
+        inputs["x"] = x.to("meta")  # a device the weights are not on
     elif mutation == "not-a-tensor":
         inputs["x"] = x.tolist()
     else:
