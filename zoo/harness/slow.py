@@ -1,0 +1,178 @@
+"""The slow checks (``slow=True`` / ``zoo check --slow``).
+
+- ``compile``: ``torch.compile(layer)`` gives the eager output and gradients (float32).
+  The backend is ``inductor`` when a C++ compiler is on PATH, else ``aot_eager``
+  (override with ``ZOO_COMPILE_BACKEND``).
+- ``ddp``: one SGD step of ``DistributedDataParallel`` over two processes (gloo, on
+  127.0.0.1, each with half the batch) ends with the same parameters as the same step
+  taken by one process on the whole batch. The layer is pickled to the workers, so its
+  class must be importable by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import pickle
+import shutil
+import socket
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+
+from zoo.harness.checks import Case, CheckFailed, SkipCheck, _detached, _run, compare
+
+__all__ = ["check_compile", "check_ddp"]
+
+DDP_TIMEOUT_S = float(os.environ.get("ZOO_DDP_TIMEOUT_S", "180"))
+LR = 0.1
+
+
+def _backend() -> str:
+    env = os.environ.get("ZOO_COMPILE_BACKEND")
+    if env:
+        return env
+    return "inductor" if (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")) else "aot_eager"
+
+
+def _grads(module: torch.nn.Module, inputs: dict, fn, cot: torch.Tensor):
+    g_inputs = _detached(inputs, grad=True)
+    module.zero_grad(set_to_none=True)
+    out = fn(**g_inputs)
+    (out * cot).sum().backward()
+    grads = {f"input {k!r}": v.grad for k, v in g_inputs.items() if isinstance(v, torch.Tensor) and v.requires_grad}
+    grads.update({f"parameter {n!r}": p.grad for n, p in module.named_parameters()})
+    return out.detach(), grads
+
+
+def check_compile(case: Case) -> str:
+    backend = _backend()
+    module = case.build(torch.float32)
+    inputs = case.inputs(module, batch=2, query_len=7, context_len=5, dtype=torch.float32)
+    cot = torch.randn(inputs["x"].shape, generator=case.generator(31)).to(case.device)
+    eager_out, eager_grads = _grads(module, inputs, module, cot)
+    from torch import _dynamo
+
+    _dynamo.reset()
+    quiet = logging.getLogger("torch._dynamo")  # graph-break warnings would bury the table
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        compiled = torch.compile(module, backend=backend)
+        comp_out, comp_grads = _grads(module, inputs, compiled, cot)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckFailed(f"torch.compile(backend={backend!r}) failed: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    finally:
+        quiet.setLevel(level)
+        _dynamo.reset()
+    compare(comp_out, eager_out, 1e-5, 1e-4, f"compiled ({backend}) output vs eager")
+    for what, g in eager_grads.items():
+        cg = comp_grads.get(what)
+        if g is None and cg is None:
+            continue
+        if g is None or cg is None:
+            raise CheckFailed(f"compiled ({backend}) {what} gradient is {cg is None and 'None' or 'set'} "
+                              f"but eager's is {g is None and 'None' or 'set'}")
+        compare(cg, g, 1e-5, 1e-4, f"compiled ({backend}) gradient of {what} vs eager")
+    return f"compiled with {backend}: same output and gradients"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, payload_path: str, out_dir: str) -> None:
+    """One DDP rank: its half of the batch, one SGD step, rank 0 saves the parameters."""
+    try:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        torch.set_num_threads(1)
+        with open(payload_path, "rb") as fh:
+            payload = pickle.load(fh)
+        module, inputs, cot = payload["module"], payload["inputs"], payload["cot"]
+        find_unused = payload["find_unused"]
+        batch = inputs["x"].shape[0]
+        per = batch // world
+        lo, hi = rank * per, (rank + 1) * per
+        shard = {k: (v[lo:hi] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == batch else v)
+                 for k, v in inputs.items()}
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        try:
+            ddp = DistributedDataParallel(module, find_unused_parameters=find_unused)
+            opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+            out = ddp(**shard)
+            loss = (out * cot[lo:hi]).sum() / per
+            loss.backward()
+            opt.step()
+            if rank == 0:
+                torch.save({k: v.detach().clone() for k, v in module.state_dict().items()},
+                           os.path.join(out_dir, "state.pt"))
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+    except BaseException:  # noqa: BLE001 - reported by the parent
+        Path(out_dir, f"error-{rank}.txt").write_text(traceback.format_exc())
+        raise
+
+
+def check_ddp(case: Case) -> str:
+    import torch.multiprocessing as mp
+
+    if case.device.type != "cpu":
+        raise SkipCheck("the ddp check runs on CPU with gloo")
+    overrides = {"dropout": 0.0} if case.has_field("dropout") else {}
+    module = case.build(torch.float32, **overrides).train()
+    world, batch = 2, 4
+    inputs = case.inputs(module, batch=batch, query_len=7, context_len=5, dtype=torch.float32)
+    cot = torch.randn(inputs["x"].shape, generator=case.generator(57))
+    single = copy.deepcopy(module)
+    opt = torch.optim.SGD(single.parameters(), lr=LR)
+    out = _run(single, inputs)
+    ((out * cot).sum() / batch).backward()
+    find_unused = any(p.grad is None for p in single.parameters() if p.requires_grad)
+    opt.step()
+    expected = single.state_dict()
+    try:
+        blob = pickle.dumps({"module": copy.deepcopy(module), "inputs": inputs, "cot": cot,
+                             "find_unused": find_unused})
+    except Exception as exc:  # noqa: BLE001
+        raise SkipCheck(f"the layer cannot be pickled for worker processes ({type(exc).__name__}: {exc})") from exc
+
+    with tempfile.TemporaryDirectory(prefix="zoo-ddp-") as tmp:
+        payload = os.path.join(tmp, "payload.pkl")
+        Path(payload).write_bytes(blob)
+        ctx = mp.get_context("spawn")
+        port = _free_port()
+        procs = [ctx.Process(target=_ddp_worker, args=(r, world, port, payload, tmp), daemon=True)
+                 for r in range(world)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(DDP_TIMEOUT_S)
+        hung = [i for i, p in enumerate(procs) if p.is_alive()]
+        for i in hung:
+            procs[i].kill()
+            procs[i].join(5)
+        errors = sorted(Path(tmp).glob("error-*.txt"))
+        if errors:
+            tail = errors[0].read_text().strip().splitlines()[-1]
+            raise CheckFailed(f"a DDP worker failed: {tail}")
+        if hung:
+            raise CheckFailed(f"DDP worker(s) {hung} did not finish within {DDP_TIMEOUT_S:g} s")
+        bad = [i for i, p in enumerate(procs) if p.exitcode != 0]
+        if bad:
+            raise CheckFailed(f"DDP worker(s) {bad} exited with status {[procs[i].exitcode for i in bad]}")
+        got = torch.load(os.path.join(tmp, "state.pt"), weights_only=True)
+    for name, value in expected.items():
+        if name not in got:
+            raise CheckFailed(f"the DDP state dict lacks {name!r}")
+        compare(got[name], value, 1e-5, 1e-4,
+                f"{name} after one SGD step with DDP over {world} processes vs one process on the whole batch")
+    return f"DDP over {world} gloo processes matches single-process training"
