@@ -83,7 +83,8 @@ class PersistentMemoryAttention(nn.Module):
     Parameter names: diffusers' ``to_q``, ``to_k``, ``to_v``, ``to_out.0``, plus
     ``memory_k``/``memory_v`` in the layout and initialisation (standard normal) of
     x-transformers' ``mem_k``/``mem_v`` (``Attention(num_mem_kv=...)``), which copy
-    over directly (its ``to_out`` is our ``to_out.0``).
+    over directly: its ``to_q``/``to_k``/``to_v`` are ours, its ``to_out`` is our
+    ``to_out.0`` (it has no output bias: use ``out_bias=False``).
 
     Args:
         query_dim: width of ``x`` (Dq).
@@ -261,6 +262,16 @@ def reference(module: PersistentMemoryAttention, x: Tensor, context: Tensor | No
     return linear(heads_merge(naive_attention(q, k, v, mask)), module.to_out[0])
 
 
+def make_inputs(module, *, batch, query_len, context_len, generator, dtype):
+    """``x (B, N, Dq)`` and ``context (B, M, Dc)``; ``x`` alone for a ``memory_only`` layer."""
+    cfg = module.config
+    x = torch.randn(batch, query_len, cfg.query_dim, generator=generator, dtype=dtype)
+    if cfg.memory_only:
+        return {"x": x}
+    context_dim = cfg.context_dim or cfg.query_dim
+    return {"x": x, "context": torch.randn(batch, context_len, context_dim, generator=generator, dtype=dtype)}
+
+
 def feedforward_weights(module: PersistentMemoryAttention) -> tuple[Tensor, Tensor]:
     r"""The feed-forward form ``U softmax_g(V x)`` of a memory-only layer's weights.
 
@@ -366,10 +377,12 @@ SPEC = zoo.VariantSpec(
         'Sukhbaatar et al., "Augmenting Self-attention with Persistent Memory", 2019, '
         "arXiv:1907.01470"
     ),
+    make_inputs=make_inputs,
     examples=(
         {"query_dim": 32, "context_dim": 24, "heads": 4, "dim_head": 8, "num_memory": 5},
         {"query_dim": 16, "heads": 2, "dim_head": 8, "bias": True, "dropout": 0.25, "num_memory": 3},
         {"query_dim": 16, "heads": 2, "dim_head": 8, "num_memory": 0},
+        {"query_dim": 16, "heads": 2, "dim_head": 8, "num_memory": 4, "memory_only": True, "dropout": 0.25},
     ),
     reference=reference,
     laws=(

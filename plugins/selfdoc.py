@@ -102,7 +102,7 @@ class SelfDocAttention(nn.Module):
             validate_same_batch(x, context)
             _validate_equal_lengths(x, context)
         if context_mask is not None:
-            validate_mask("context_mask", context_mask, context.shape[:-1], "(one flag per aligned block: ")
+            validate_mask("context_mask", context_mask, context.shape[:-1], "(B, N): one flag per aligned block ")
         return context
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
