@@ -1,7 +1,53 @@
-def add_arguments(parser):
-    parser.add_argument("names", nargs="*")
-    parser.add_argument("--all", action="store_true")
+"""``zoo bench``: is a zoo layer as fast as the layer you would write by hand?
+
+Every variant is timed against a bare baseline written in :mod:`zoo.bench.baselines`
+(the same mathematics, the same weights, one ``scaled_dot_product_attention`` call),
+interleaved in the same process, forward and forward+backward, float32 and bfloat16;
+peak memory is measured in fresh processes; then the system checks (dispatch
+overhead, import time, memory scaling, GFLOP/s against peak matmul). The table goes
+to stdout, progress to stderr, the JSON (schema in :mod:`zoo.bench.report`) to
+``benchmarks/results/cpu.json`` when run from the repository, or to ``--json PATH``.
+
+This module stays cheap to import (``zoo --help`` imports it): torch is imported
+inside :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_arguments", "run"]
 
 
-def run(args):
-    raise SystemExit("zoo check: not implemented yet")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Time every variant (forward, forward+backward) and its peak memory against a bare "
+        "scaled_dot_product_attention baseline with the same weights, interleaved in one "
+        "process; print medians and ratios and write them as JSON."
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="variants to benchmark (default: every registered variant with a baseline)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sequence lengths and 3 rounds (CI smoke run, well under a minute)")
+    parser.add_argument("--size", choices=("full", "quick", "tiny"), default="full",
+                        help="shape set: full (the issue's shapes), quick (= --quick), tiny (tests)")
+    parser.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes (default: %(default)s)")
+    parser.add_argument("--shapes", default="sd,long,retro",
+                        help="comma-separated shapes: sd, long, retro (default: %(default)s)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="interleaved rounds per measurement (default: 11, 3 with --quick)")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="write the results here (default: benchmarks/results/cpu.json in the repository)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--no-system", action="store_true",
+                        help="skip the system checks (dispatch, import time, memory scaling, GFLOP/s)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress display on stderr")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+
+
+def run(args: argparse.Namespace) -> int:
+    from zoo.bench.run import main
+
+    return main(args)

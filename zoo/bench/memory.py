@@ -1,0 +1,135 @@
+"""Peak memory of one call above the process's baseline, each measured in a fresh process.
+
+CPU: the worker runs in its own Python process with glibc told to serve every
+allocation above 128 KiB by ``mmap`` (``MALLOC_MMAP_THRESHOLD_``), so freed tensors
+go back to the kernel at once and the resident set tracks live tensors. For each
+pass it calls the workload once (warm-up: thread pools, kernel caches), resets the
+kernel's high-water mark (``/proc/self/clear_refs``), reads the resident set
+(baseline: the weights, the inputs, the runtime), calls the workload again and
+reports ``VmHWM - baseline``. Where the high-water mark cannot be reset, every pass
+gets its own process and ``ru_maxrss`` deltas are used instead.
+
+CUDA: ``torch.cuda.max_memory_allocated()`` above ``memory_allocated()`` after a reset.
+
+Run as a module, the worker takes one JSON argument and prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+__all__ = ["measure", "hwm_resettable"]
+
+MiB = 1024 * 1024
+_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def hwm_resettable() -> bool:
+    """Whether this kernel lets a process reset its peak resident set."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _status_kib("VmHWM")
+        return True
+    except OSError:
+        return False
+    except KeyError:
+        return False
+
+
+def measure(job: dict[str, Any], *, timeout: float = 600.0) -> dict[str, float]:
+    """Measure ``job`` in fresh processes; returns ``{pass: MiB above baseline}``.
+
+    ``job``: ``{"variant", "impl": "zoo"|"bare", "shape": Shape.as_dict(), "dtype",
+    "passes": [...], "device", "threads"}``.
+    """
+    if job.get("device", "cpu") == "cpu" and not hwm_resettable():
+        out: dict[str, float] = {}
+        for p in job["passes"]:
+            out.update(_spawn({**job, "passes": [p], "resettable": False}, timeout))
+        return out
+    return _spawn({**job, "resettable": True}, timeout)
+
+
+def _spawn(job: dict[str, Any], timeout: float) -> dict[str, float]:
+    env = {**os.environ, **_ENV}
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoo.bench.memory", json.dumps(job)],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError("memory worker failed: " + " | ".join(tail))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _worker(job: dict[str, Any]) -> dict[str, float]:
+    import resource
+
+    import torch
+
+    import zoo
+    from zoo.bench import baselines
+    from zoo.bench.cases import Shape, layer_fields, make_inputs, workload
+
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    device = job.get("device", "cpu")
+    dtype = getattr(torch, job["dtype"])
+    shape = Shape(**job["shape"])
+    spec = zoo.get_variant(job["variant"])
+    module = zoo.create(spec, **layer_fields(spec.config, shape)).to(device=device, dtype=dtype)
+    x, context = make_inputs(shape, dtype=dtype, device=device)
+    if job["impl"] == "zoo":
+        fn = module
+    else:
+        bare = baselines.baseline_for(spec.name)
+
+        def fn(a, c):
+            return bare(module, a, c)
+
+    params = list(module.parameters())
+    out: dict[str, float] = {}
+    for p in job["passes"]:
+        if p == "fwd":
+            module.eval()
+        else:
+            module.train()
+        run = workload(fn, params, x, context, p)
+        if device.startswith("cuda"):
+            run()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            run()
+            torch.cuda.synchronize()
+            out[p] = (torch.cuda.max_memory_allocated() - base) / MiB
+        elif job.get("resettable", True):
+            run()
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            base = _status_kib("VmRSS")
+            run()
+            out[p] = (_status_kib("VmHWM") - base) / 1024
+        else:  # one pass per process; no warm-up at full size (it would set the peak)
+            base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            run()
+            out[p] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        del run
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(_worker(json.loads(sys.argv[1]))))

@@ -1,0 +1,158 @@
+"""System checks: dispatch overhead, import time, memory scaling, GFLOP/s against peak."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+
+from zoo.bench.timing import interleaved
+
+__all__ = ["dispatch_overhead", "import_time", "memory_scaling", "gflops"]
+
+DISPATCH_TARGET_US = 50.0
+IMPORT_TARGET_S = 0.3
+MEMORY_TARGET_MIB = 512.0
+# Linear growth from N=M=4096 to 16384 is 4x; a materialised N x M matrix makes it 16x.
+MEMORY_GROWTH_LIMIT = 6.0
+
+
+def dispatch_overhead(variant: str = "cross", *, repeat: int = 15, device: str = "cpu") -> dict:
+    """Microseconds a call through the zoo layer costs beyond the bare baseline, at a
+    tiny shape where the arithmetic is negligible (B=1, N=M=16, width 64, 4 heads of 16):
+    validation, module calls and the fast-path decisions."""
+    import torch
+
+    import zoo
+    from zoo.bench.baselines import baseline_for
+    from zoo.bench.cases import Shape, layer_fields, make_inputs
+
+    spec = zoo.get_variant(variant)
+    bare = baseline_for(spec.name)
+    if spec.name == "retro":
+        shape = Shape("dispatch", 1, 16, 4, 64, 64, 4, 16, chunk_size=4, neighbours=2)
+    else:
+        shape = Shape("dispatch", 1, 16, 16, 64, 64, 4, 16)
+    module = zoo.create(spec, **layer_fields(spec.config, shape)).to(device).eval()
+    x, c = make_inputs(shape, dtype=torch.float32, device=device)
+
+    def zoo_call():
+        with torch.no_grad():
+            module(x, c)
+
+    def bare_call():
+        with torch.no_grad():
+            bare(module, x, c)
+
+    s = interleaved({"zoo": zoo_call, "bare": bare_call}, repeat=repeat, warmup=20,
+                    min_sample_s=0.01, device=device)
+    zoo_us, bare_us = s["zoo"].median * 1e6, s["bare"].median * 1e6
+    over = zoo_us - bare_us
+    return {
+        "variant": spec.name,
+        "shape": shape.as_dict(),
+        "zoo_us": round(zoo_us, 2),
+        "baseline_us": round(bare_us, 2),
+        "overhead_us": round(over, 2),
+        "target_us": DISPATCH_TARGET_US,
+        "met": bool(over < DISPATCH_TARGET_US),
+    }
+
+
+def import_time(*, repeat: int = 5) -> dict:
+    """Seconds ``import zoo`` plus plugin discovery (``zoo.list_variants()``) take in a
+    fresh process that has already imported torch (median of ``repeat`` processes)."""
+    code = (
+        "import time, torch\n"
+        "t = time.perf_counter()\n"
+        "import zoo\n"
+        "names = zoo.list_variants()\n"
+        "print(time.perf_counter() - t, len(names))\n"
+    )
+    times, count = [], 0
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        t, n = out.stdout.split()
+        times.append(float(t))
+        count = int(n)
+    med = statistics.median(times)
+    return {
+        "seconds": round(med, 4),
+        "samples": [round(t, 4) for t in times],
+        "variants_discovered": count,
+        "target_s": IMPORT_TARGET_S,
+        "met": bool(med < IMPORT_TARGET_S),
+    }
+
+
+def memory_scaling(lengths=(4096, 16384), *, device: str = "cpu", variant: str = "cross",
+                   threads: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """Peak memory of one forward call (B=1, N=M=L, width 512, 8 heads of 64, float32)
+    above the process's baseline, for the zoo layer and the bare baseline."""
+    from zoo.bench.cases import Shape
+    from zoo.bench.memory import measure
+
+    rows = []
+    for n in lengths:
+        shape = Shape("scaling", 1, n, n, 512, 512, 8, 64)
+        row = {"length": n}
+        for impl in ("zoo", "bare"):
+            if progress:
+                progress(f"memory scaling {impl} N=M={n}")
+            job = {"variant": variant, "impl": impl, "shape": shape.as_dict(), "dtype": "float32",
+                   "passes": ["fwd"], "device": device, "threads": threads}
+            row[f"{impl}_mib"] = round(measure(job)["fwd"], 1)
+        # what one float32 N x M score matrix per head would need
+        row["score_matrix_mib"] = round(8 * n * n * 4 / 2**20, 1)
+        rows.append(row)
+    growth = rows[-1]["zoo_mib"] / max(rows[0]["zoo_mib"], 1e-9)
+    peak = rows[-1]["zoo_mib"]
+    return {
+        "variant": variant,
+        "pass": "fwd",
+        "dtype": "float32",
+        "rows": rows,
+        "growth": round(growth, 2),
+        "expected_linear_growth": lengths[-1] / lengths[0],
+        "target_mib": MEMORY_TARGET_MIB,
+        "growth_limit": MEMORY_GROWTH_LIMIT,
+        "met": bool(peak < MEMORY_TARGET_MIB and growth <= MEMORY_GROWTH_LIMIT),
+    }
+
+
+def gflops(*, dtypes=("float32", "bfloat16"), length: int = 4096, matmul_n: int = 2048,
+           repeat: int = 7, device: str = "cpu") -> dict:
+    """Achieved GFLOP/s of fused attention (SDPA, B=1, N=M=``length``, 8 heads of 64)
+    against a square matmul, timed interleaved in the same rounds."""
+    import torch
+    import torch.nn.functional as F
+
+    out = {}
+    for name in dtypes:
+        dtype = getattr(torch, name)
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 8, length, 64, generator=g).to(device, dtype) for _ in range(3))
+        a, b = (torch.randn(matmul_n, matmul_n, generator=g).to(device, dtype) for _ in range(2))
+
+        def mm():
+            torch.mm(a, b)
+
+        def sdpa():
+            with torch.no_grad():
+                F.scaled_dot_product_attention(q, k, v)
+
+        s = interleaved({"matmul": mm, "sdpa": sdpa}, repeat=repeat, warmup=1, min_sample_s=0.05, device=device)
+        mm_flops = 2 * matmul_n**3
+        at_flops = 4 * 8 * length * length * 64
+        peak = mm_flops / min(s["matmul"].seconds) / 1e9
+        mm_med = mm_flops / s["matmul"].median / 1e9
+        at_med = at_flops / s["sdpa"].median / 1e9
+        out[name] = {
+            "matmul_peak_gflops": round(peak, 1),
+            "matmul_median_gflops": round(mm_med, 1),
+            "sdpa_gflops": round(at_med, 1),
+            "sdpa_fraction_of_matmul": round(at_med / mm_med, 3),
+            "sdpa_fraction_of_peak": round(at_med / peak, 3),
+        }
+    return out

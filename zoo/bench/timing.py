@@ -1,0 +1,111 @@
+"""Interleaved, repeated wall-clock timing with medians.
+
+On a shared machine the speed of the CPU drifts by a factor of two from one second
+to the next. Timing A for a minute and then B for a minute compares two different
+machines. :func:`interleaved` therefore runs the candidates in rounds, one sample
+of each per round, alternating the order (A B, B A, ...) so that a slow spell hits
+both equally, and reports per-candidate medians. Ratios are taken between medians
+measured in the same rounds of the same process.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["Samples", "interleaved", "calibrate", "sync"]
+
+
+@dataclass
+class Samples:
+    """Seconds per call, one entry per round."""
+
+    name: str
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds) if self.seconds else math.nan
+
+    @property
+    def ms(self) -> float:
+        return self.median * 1e3
+
+    def iqr_ms(self) -> tuple[float, float]:
+        if len(self.seconds) < 4:
+            return (min(self.seconds) * 1e3, max(self.seconds) * 1e3)
+        q = statistics.quantiles(self.seconds, n=4)
+        return (q[0] * 1e3, q[2] * 1e3)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def calibrate(fn: Callable[[], object], *, min_sample_s: float, device: str = "cpu") -> int:
+    """How many calls make one sample last at least ``min_sample_s`` (at least 1)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    dt = time.perf_counter() - t0
+    if dt >= min_sample_s:
+        return 1
+    # a second, warmer call gives a better estimate for fast functions
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    dt = max(time.perf_counter() - t0, 1e-7)
+    return max(1, math.ceil(min_sample_s / dt))
+
+
+def interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    repeat: int,
+    warmup: int = 1,
+    number: int | None = None,
+    min_sample_s: float = 0.02,
+    device: str = "cpu",
+    on_round: Callable[[int, int], None] | None = None,
+) -> dict[str, Samples]:
+    """Time every function in ``fns`` in ``repeat`` interleaved rounds.
+
+    Args:
+        fns: name -> zero-argument callable (one call = one unit of work).
+        repeat: rounds; each round takes one sample of every function.
+        warmup: untimed calls of each function before the first round.
+        number: calls per sample; ``None`` calibrates it so a sample lasts at least
+            ``min_sample_s`` (the slowest function decides, so all share it).
+        device: ``"cuda..."`` synchronises around every sample.
+        on_round: ``on_round(done, repeat)`` after each round (progress display).
+
+    Returns:
+        name -> :class:`Samples` of seconds per call.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    if number is None:
+        number = min(calibrate(fns[n], min_sample_s=min_sample_s, device=device) for n in names)
+    out = {n: Samples(n) for n in names}
+    for r in range(repeat):
+        order = names if r % 2 == 0 else names[::-1]
+        for n in order:
+            fn = fns[n]
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            sync(device)
+            out[n].seconds.append((time.perf_counter() - t0) / number)
+        if on_round is not None:
+            on_round(r + 1, repeat)
+    return out
