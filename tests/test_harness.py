@@ -1,0 +1,288 @@
+"""The shared harness (zoo/harness): every check is shown to fail on a layer broken
+on purpose, a sound layer and every registered variant pass, and `zoo check` reports it."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Literal
+
+import pytest
+
+import zoo
+from attention_zoo_plugins.cross import CrossConfig
+from zoo.harness import CHECK_IDS, SLOW_CHECK_IDS, CheckReport, check, planned_checks, render_table
+from zoo.harness.checks import CHECKS, DEFAULT_CHECK_IDS
+
+from broken_layers import PLANTED, PLANTED_SLOW, SOUND, Sound, spec as broken_spec  # noqa: I001
+
+slow = pytest.mark.skipif(os.environ.get("ZOO_RUN_SLOW", "") in ("", "0"),
+                          reason="slow harness checks: set ZOO_RUN_SLOW=1")
+
+
+# -- a sound layer passes, every planted bug is caught by its check -------------------
+
+
+def test_sound_reimplementation_passes_every_check():
+    report = check(SOUND)
+    assert report.passed, report.table()
+    assert [r.check for r in report.results] == [*CHECK_IDS, "law:matches-multihead-attention"]
+    assert all(r.status == "passed" for r in report.results), report.table()
+
+
+@pytest.mark.parametrize("bug", sorted(PLANTED))
+def test_planted_bug_is_caught_by_its_check(bug):
+    spec, check_id = PLANTED[bug]
+    report = check(spec, checks=[check_id])
+    result = report[check_id]
+    assert result.status == "failed", f"{bug} was not caught by {check_id}: {result.message}"
+    assert not report.passed
+    assert result.message.startswith("example "), result.message  # names the example config
+    assert "Traceback" not in result.message
+
+
+def test_every_check_has_a_planted_bug():
+    targeted = {cid for _, cid in PLANTED.values()} | {cid for _, cid in PLANTED_SLOW.values()}
+    missing = set(CHECK_IDS) | set(SLOW_CHECK_IDS)
+    missing -= targeted
+    assert not missing, f"checks without a layer broken on purpose: {sorted(missing)}"
+    assert any(cid.startswith("law:") for cid in targeted)
+
+
+@pytest.mark.parametrize("bug, fragment", [
+    ("detached-parameter", "parameter 'to_k.weight'"),
+    ("nan-on-masked-rows", "non-finite"),
+    ("config-not-round-tripping", "'heads': (4, 8)"),
+    ("no-input-validation", "ValueError"),
+    ("ignored-mask", "mask is ignored"),
+    ("state-not-in-state-dict", "not in the state dict"),
+])
+def test_failure_messages_tell_the_author_what_is_wrong(bug, fragment):
+    spec, check_id = PLANTED[bug]
+    assert fragment in check(spec, checks=[check_id])[check_id].message
+
+
+def test_planted_bug_fails_the_whole_report_too():
+    spec, check_id = PLANTED["missing-scale"]
+    report = check(spec)
+    assert not report.passed
+    assert report[check_id].failed
+    assert report["shape"].passed  # a wrong value is not a wrong shape
+    assert "FAIL" in report.table() and f"cross / {check_id}:" in report.table()
+
+
+@pytest.mark.parametrize("name", zoo.list_variants())
+def test_registered_variant_passes(name):
+    report = zoo.check(name)
+    assert report.passed, report.table()
+    assert report.variant == name
+
+
+# -- which checks run -------------------------------------------------------------------
+
+
+def test_check_ids_are_stable_and_consistent():
+    assert CHECK_IDS == DEFAULT_CHECK_IDS
+    assert set(CHECKS) == set(CHECK_IDS) | set(SLOW_CHECK_IDS)
+    assert SLOW_CHECK_IDS == ("compile", "ddp")
+
+
+def test_capabilities_skip_checks_with_a_reason():
+    caps = zoo.Capabilities(masks=False, dropout=False, query_order_equivariant=False,
+                            context_order_invariant=False)
+    report = check(SOUND.replace(capabilities=caps, laws=()))
+    assert report.passed, report.table()
+    for cid in ("mask", "masked-rows", "dropout", "query-order", "context-order"):
+        assert report[cid].status == "skipped", cid
+        assert "capabilities." in report[cid].message
+    assert report["oracle-forward"].passed
+
+
+def test_no_reference_skips_the_oracle_checks():
+    report = check(SOUND.replace(reference=None, laws=()), checks="oracle-*")
+    assert [r.status for r in report.results] == ["skipped", "skipped"]
+    assert "no reference" in report.results[0].message
+
+
+def test_selection_by_id_and_pattern():
+    assert planned_checks(SOUND, checks="oracle-*,mask") == ["oracle-forward", "oracle-grad", "mask"]
+    assert planned_checks(SOUND, checks=["law:*"]) == ["law:matches-multihead-attention"]
+    assert planned_checks(SOUND, slow=True)[-3:] == ["compile", "ddp", "law:matches-multihead-attention"]
+    assert "compile" not in planned_checks(SOUND)
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"checks": ["oracle-forwrd"]}, "did you mean 'oracle-forward'"),
+    ({"checks": "bogus"}, "unknown check 'bogus'"),
+    ({"dtypes": ["float16"]}, "unsupported dtype 'float16'"),
+    ({"dtypes": []}, "dtypes is empty"),
+])
+def test_bad_options_raise_value_error(options, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        check(SOUND, **options)
+
+
+def test_unknown_name_raises_unknown_variant_error():
+    with pytest.raises(zoo.UnknownVariantError):
+        check("no-such-variant")
+
+
+def test_dtypes_option_limits_the_oracle_dtypes():
+    report = check(SOUND, checks=["oracle-forward"], dtypes="float64")
+    assert report["oracle-forward"].message.endswith("float64")
+
+
+# -- the spec is checked as given, never looked up again -------------------------------
+
+
+class _UnregisteredConfig(CrossConfig):
+    variant: Literal["unregistered-cross"] = "unregistered-cross"
+
+
+def test_unregistered_spec_is_checked_as_given(registry):
+    spec = SOUND.replace(name="unregistered-cross", aliases=(), config=_UnregisteredConfig, laws=())
+    report = zoo.check(spec)
+    assert report.passed, report.table()
+    assert "unregistered-cross" not in zoo.list_variants()
+    assert report["config-roundtrip"].passed
+
+
+def test_given_spec_wins_over_a_registered_one_of_the_same_name(registry):
+    registry.register(SOUND)
+    broken, check_id = PLANTED["ignored-mask"]
+    assert zoo.check("cross", checks=[check_id]).passed
+    assert not zoo.check(broken, checks=[check_id]).passed
+
+
+# -- robustness: crashes and laws -----------------------------------------------------------
+
+
+def _boom(module, **kwargs):
+    raise RuntimeError("make_inputs exploded")
+
+
+def test_a_crash_in_the_spec_is_a_failure_not_an_exception():
+    report = check(SOUND.replace(make_inputs=_boom, laws=()))
+    assert not report.passed
+    assert all(r.failed for r in report.results)
+    assert "make_inputs exploded" in report["shape"].message
+    assert "RuntimeError" in report["shape"].message
+
+
+def _law_raises_type_error(spec, fields, generator):
+    raise TypeError("law crashed")
+
+
+def test_a_crashing_law_fails_its_check():
+    spec = SOUND.replace(laws=(zoo.Law("crashes", "crashes", _law_raises_type_error),))
+    result = check(spec, checks=["law:*"])["law:crashes"]
+    assert result.failed and "TypeError: law crashed" in result.message
+
+
+def test_laws_receive_the_example_fields_and_a_generator():
+    seen = []
+
+    def law(spec, fields, generator):
+        seen.append((spec.name, dict(fields), type(generator).__name__))
+
+    spec = SOUND.replace(laws=(zoo.Law("records", "records its arguments", law),))
+    assert check(spec, checks="law:records").passed
+    assert seen == [("cross", f, "Generator") for f in SOUND.example_configs()]
+
+
+# -- reports ---------------------------------------------------------------------------------
+
+
+def test_report_to_dict_is_json_and_complete():
+    report = check(SOUND, checks="shape,mask")
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["variant"] == "cross" and data["passed"] is True
+    assert [r["check"] for r in data["results"]] == ["shape", "mask"]
+    assert set(data["results"][0]) == {"check", "status", "message", "variant", "seconds"}
+    assert data["counts"] == {"passed": 2, "failed": 0, "skipped": 0}
+
+
+def test_table_lists_checks_and_failures():
+    good = check(SOUND, checks="mask,dropout")
+    bad = check(PLANTED["ignored-mask"][0], checks="mask,dropout")
+    text = render_table([good, bad])
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["variant", "mask", "drop"]
+    assert lines[2].split()[:3] == ["cross", "ok", "ok"]
+    assert lines[3].split()[:3] == ["cross", "FAIL", "ok"]
+    assert "cross / mask:" in text and "1 check(s) failed in 1 of 2 variant(s)" in text
+    assert isinstance(good, CheckReport) and bool(good) and not bool(bad)
+
+
+# -- zoo check -----------------------------------------------------------------------------
+
+
+def test_cli_check_passes_and_prints_the_table(cross_registry, capsys):
+    from zoo.cli import main
+
+    assert main(["check", "cross"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].split()[:3] == ["variant", "shape", "fwd"]
+    assert "all 1 variant(s) passed" in out
+    assert "checked cross: passed" in err  # plain progress lines when stderr is no tty
+
+
+def test_cli_check_all_fails_on_a_broken_variant(registry, capsys, tmp_path):
+    from zoo.cli import main
+
+    registry.register(PLANTED["ignored-mask"][0])
+    path = tmp_path / "report.json"
+    assert main(["check", "--all", "-k", "mask,shape", "--json", str(path), "-q"]) == 1
+    out, err = capsys.readouterr()
+    assert "cross / mask:" in out and "FAIL" in out and err == ""
+    data = json.loads(path.read_text())
+    assert data["passed"] is False
+    assert [r["status"] for r in data["reports"][0]["results"]] == ["passed", "failed"]
+
+
+def test_cli_unknown_name_exits_2(cross_registry, capsys):
+    from zoo.cli import main
+
+    assert main(["check", "crosss"]) == 2
+    assert "cross" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["check", "cross", "-k", "nope"], ["check"], ["check", "cross", "--all"],
+                                  ["check", "cross", "--dtype", "int8"]])
+def test_cli_bad_usage_exits_2(cross_registry, argv, capsys):
+    from zoo.cli import main
+
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith("zoo check:")
+
+
+def test_cli_list_checks(capsys):
+    from zoo.cli import main
+
+    assert main(["check", "--list-checks"]) == 0
+    out = capsys.readouterr().out
+    for cid in (*CHECK_IDS, *SLOW_CHECK_IDS, "law:<name>"):
+        assert cid in out
+
+
+# -- slow checks (ZOO_RUN_SLOW=1) ---------------------------------------------------------
+
+
+@slow
+@pytest.mark.slow
+def test_slow_checks_pass_on_a_sound_layer():
+    report = check(SOUND, checks=["compile", "ddp"], examples=SOUND.example_configs()[:1])
+    assert report.passed, report.table()
+
+
+@slow
+@pytest.mark.slow
+@pytest.mark.parametrize("bug", sorted(PLANTED_SLOW))
+def test_slow_planted_bug_is_caught(bug):
+    spec, check_id = PLANTED_SLOW[bug]
+    result = check(spec, checks=[check_id], examples=spec.example_configs()[:1])[check_id]
+    assert result.failed, result.message
+
+
+def test_broken_spec_helper_keeps_cross_oracle():
+    assert broken_spec(Sound).reference is SOUND.reference
