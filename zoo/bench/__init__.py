@@ -48,6 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.bench.run import main
+    from zoo.bench.runner import main
 
     return main(args)

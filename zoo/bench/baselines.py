@@ -60,14 +60,15 @@ def selfdoc(m, x: Tensor, context: Tensor) -> Tensor:
 
 
 def persistent(m, x: Tensor, context: Tensor) -> Tensor:
-    """SDPA over the context's keys/values concatenated with the persistent memory."""
+    """SDPA over the persistent memory concatenated with the context's keys/values
+    (memory first, as x-transformers; the order does not change the result)."""
     h = m.config.heads
     b = x.shape[0]
     q = _heads(_lin(x, m.to_q), h)
     k = _heads(_lin(context, m.to_k), h)
     v = _heads(_lin(context, m.to_v), h)
-    k = torch.cat([k, m.memory_k.unsqueeze(0).expand(b, -1, -1, -1)], dim=2)
-    v = torch.cat([v, m.memory_v.unsqueeze(0).expand(b, -1, -1, -1)], dim=2)
+    k = torch.cat([m.memory_k.unsqueeze(0).expand(b, -1, -1, -1), k], dim=2)
+    v = torch.cat([m.memory_v.unsqueeze(0).expand(b, -1, -1, -1), v], dim=2)
     return _lin(_merge(F.scaled_dot_product_attention(q, k, v)), _out(m))
 
 
