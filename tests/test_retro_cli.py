@@ -1,0 +1,85 @@
+"""``zoo retro build|query|info`` (plugins/retro/cli.py) and the end-to-end example."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from zoo.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "db"
+    assert main(["retro", "build", "builtin", str(out), "--chunk-size", "32", "--quiet"]) == 0
+    return out
+
+
+def test_build_writes_a_loadable_database(built, capsys):
+    assert (built / "manifest.json").is_file()
+    assert main(["retro", "info", str(built)]) == 0
+    out = capsys.readouterr().out
+    assert "chunks of 32 tokens from 26 documents" in out and '"kind": "hashing"' in out
+
+
+def test_query_prints_neighbours_with_continuations(built, capsys):
+    assert main(["retro", "query", str(built), "a starter of wild yeast and flour for sourdough bread", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("1. chunk ") and "document 2" in out  # the sourdough document
+    assert sum(line.startswith(("1. ", "2. ", "3. ")) for line in lines) == 3
+
+
+def test_query_json(built, capsys):
+    assert main(["retro", "query", str(built), "lighthouse keeper", "-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["rank"] for h in hits] == [1, 2]
+    assert {"chunk_id", "doc", "distance", "text"} <= set(hits[0])
+    assert len(hits[0]["text"].encode()) <= 64  # chunk + continuation: at most 2 x 32 bytes
+
+
+def test_build_ivf_from_a_directory_of_text_files(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(6):
+        (corpus / f"doc{i}.txt").write_text(f"document number {i} talks about topic {i % 3}.\n" * 20)
+    out = tmp_path / "db"
+    code = main(["retro", "build", str(corpus), str(out), "--split", "file", "--index", "ivf", "--nlist", "4",
+                 "--nprobe", "2", "--chunk-size", "16", "--progress"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "retro: embedding" in captured.err and "wrote RetroDatabase(" in captured.out
+    assert "index=ivf(nlist=4, nprobe=2)" in captured.out
+    assert main(["retro", "query", str(out), "topic 2", "--nprobe", "4"]) == 0
+
+
+def test_errors_exit_non_zero_with_a_clear_message(tmp_path, built, capsys):
+    assert main(["retro", "query", str(tmp_path / "missing"), "x"]) == 1
+    assert "no RETRO database" in capsys.readouterr().err
+    assert main(["retro", "build", str(tmp_path / "nothing.txt"), str(tmp_path / "db")]) == 1
+    assert "neither a file nor a directory" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in built.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes()[: max(1, f.stat().st_size // 2)] if f.suffix == ".faiss"
+                                      else f.read_bytes())
+    assert main(["retro", "query", str(broken), "x"]) == 1
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert main(["retro"]) == 2
+
+
+def test_end_to_end_example_runs(capsys):
+    spec = importlib.util.spec_from_file_location("retro_end_to_end", ROOT / "examples" / "retro_end_to_end.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--steps", "2"])
+    assert result["neighbours_shape"] == (4, 4, 2, 128)
+    assert result["logits_shape"] == (4, 288, 256)
+    assert result["cca_grad_norm"] > 0
+    assert all(loss == loss for loss in result["losses"])  # finite (not NaN)
+    assert "RETRO block" in capsys.readouterr().out
