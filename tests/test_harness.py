@@ -286,3 +286,38 @@ def test_slow_planted_bug_is_caught(bug):
 
 def test_broken_spec_helper_keeps_cross_oracle():
     assert broken_spec(Sound).reference is SOUND.reference
+
+
+def test_progress_is_a_live_line_on_a_terminal():
+    import io
+
+    from zoo.harness.cli import _Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    progress = _Progress(2, stream=stream)
+    report = check(SOUND, checks="shape,mask", progress=progress)
+    progress.variant_done(report)
+    text = stream.getvalue()
+    assert "\r\033[K[1/2] cross: shape ..." in text and "[1/2] cross: mask ..." in text
+    assert text.endswith("\r\033[K")  # the line is cleared before the table prints
+    assert "\n" not in text
+
+
+def test_progress_callback_sees_every_check_before_and_after():
+    seen = []
+    check(SOUND, checks="shape,law:*", progress=lambda v, c, r: seen.append((v, c, r and r.status)))
+    assert seen == [("cross", "shape", None), ("cross", "shape", "passed"),
+                    ("cross", "law:matches-multihead-attention", None),
+                    ("cross", "law:matches-multihead-attention", "passed")]
+
+
+def test_cli_verbose_lists_every_result(cross_registry, capsys):
+    from zoo.cli import main
+
+    assert main(["check", "cross", "-k", "dropout,shape", "-v", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "cross / dropout: passed" in out and "cross / shape: passed" in out

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="also write the reports as JSON to PATH ('-' = stdout)")
     parser.add_argument("--list-checks", action="store_true", help="list the check ids and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="after the table, every result's message (what passed, why skipped)")
 
 
 class _Progress:
@@ -120,6 +122,16 @@ def run(args: argparse.Namespace) -> int:
         progress.variant_done(report)
     wall = time.perf_counter() - start
     print(render_table(reports))
+    if args.verbose:
+        print("\nresults:")
+        for rep in reports:
+            for r in rep.results:
+                print(f"  {rep.variant} / {r.check}: {r.status} ({r.seconds:.2f} s) {r.message}")
+    if args.all:
+        broken = [p.label for p in registry.plugins() if p.status == "failed"]
+        if broken:
+            print(f"\nzoo check: {len(broken)} plugin(s) failed to load and were not checked: "
+                  f"{', '.join(broken)} (see `zoo plugins`)", file=sys.stderr)
     if args.json:
         payload = {"passed": all(r.passed for r in reports), "seconds": round(wall, 3),
                    "reports": [r.to_dict() for r in reports]}
