@@ -35,6 +35,7 @@ __all__ = [
     "WorkedExample",
     "attention_pattern",
     "bench_ratios",
+    "bench_table",
     "build_catalog",
     "config_table",
     "harness_summary",
@@ -73,7 +74,8 @@ def _cell(value: Any) -> str:
 
 
 def _code(value: Any) -> str:
-    text = " ".join(str(value).split()).replace("|", "\\|")
+    # pipes inside a code span do not split a table cell (and a backslash would show)
+    text = " ".join(str(value).split()).replace("`", "'")
     return f"`{text}`" if text else ""
 
 
@@ -188,56 +190,56 @@ def harness_summary(spec: VariantSpec) -> HarnessSummary:
     return HarnessSummary(True, bool(report.passed), counts, results)
 
 
-def _ratio_text(value: Any) -> str | None:
-    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
-        return f"{value:.2f}x"
-    return None
-
-
-def bench_ratios(path: str | Path | None) -> dict[str, str]:
-    """Per-variant speed ratios from a benchmark results JSON (``zoo bench``), as text.
-
-    A ratio is the variant's time divided by its bare-SDPA baseline's (lower is
-    faster). Accepts ``{"variants": {name: {...}}}``, ``{"results": [{"variant": name,
-    ...}]}`` or ``{name: {...}}``, where each entry has ``ratio`` (or ``speed_ratio``,
-    or ``forward_ratio``/``backward_ratio``). A missing or unreadable file gives ``{}``.
-    """
+def _load_bench(path: str | Path | None) -> list[dict[str, Any]]:
     if path is None:
-        return {}
+        return []
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    entries: dict[str, Any] = {}
-    if isinstance(data, Mapping) and isinstance(data.get("variants"), Mapping):
-        entries = dict(data["variants"])
-    elif isinstance(data, Mapping) and isinstance(data.get("results"), list):
-        for row in data["results"]:
-            if isinstance(row, Mapping) and isinstance(row.get("variant"), str):
-                entries.setdefault(row["variant"], []).append(row)
-    elif isinstance(data, Mapping):
-        entries = {k: v for k, v in data.items() if isinstance(v, (Mapping, list, int, float))}
-    out: dict[str, str] = {}
-    for name, entry in entries.items():
-        rows = entry if isinstance(entry, list) else [entry]
+        return []
+    rows = data.get("results") if isinstance(data, Mapping) else None
+    if not isinstance(rows, list):
+        return []
+    return [r for r in rows if isinstance(r, Mapping) and isinstance(r.get("variant"), str)
+            and isinstance(r.get("ratio"), (int, float)) and math.isfinite(r["ratio"])]
+
+
+def bench_ratios(path: str | Path | None) -> dict[str, str]:
+    """Per-variant speed ratios from a ``zoo bench`` results JSON (schema ``zoo-bench/1``).
+
+    A ratio is ``zoo_ms / baseline_ms``: the variant's time over a bare
+    ``scaled_dot_product_attention`` layer doing the same work (lower is faster).
+    Summarised per pass (``fwd``, ``fwd+bwd``, ...) as the range over shapes and
+    dtypes, e.g. ``{"cross": "fwd 0.98-1.02x, fwd+bwd 1.01x"}``. A missing or
+    unreadable file gives ``{}`` (the catalog then says "not measured").
+    """
+    by_variant: dict[str, dict[str, list[float]]] = {}
+    for row in _load_bench(path):
+        passes = by_variant.setdefault(row["variant"], {})
+        passes.setdefault(str(row.get("pass", "")), []).append(float(row["ratio"]))
+    out = {}
+    for name, passes in by_variant.items():
         parts = []
-        for row in rows:
-            if isinstance(row, (int, float)):
-                text = _ratio_text(row)
-                parts += [text] if text else []
-                continue
-            if not isinstance(row, Mapping):
-                continue
-            label = row.get("case") or row.get("mode") or ""
-            for key, tag in (("ratio", ""), ("speed_ratio", ""), ("forward_ratio", "fwd"),
-                             ("backward_ratio", "fwd+bwd"), ("forward_backward_ratio", "fwd+bwd")):
-                text = _ratio_text(row.get(key))
-                if text:
-                    bits = " ".join(b for b in (str(label), tag) if b)
-                    parts.append(f"{text} ({bits})" if bits else text)
-        if parts:
-            out[str(name)] = ", ".join(dict.fromkeys(parts))
+        for label, ratios in passes.items():
+            lo, hi = min(ratios), max(ratios)
+            text = f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}x"
+            parts.append(f"{label} {text}".strip())
+        out[name] = ", ".join(parts)
     return out
+
+
+def bench_table(path: str | Path | None, name: str) -> str | None:
+    """The benchmark rows of one variant as a markdown table (``None`` if not measured)."""
+    rows = [r for r in _load_bench(path) if r["variant"] == name]
+    if not rows:
+        return None
+
+    def ms(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
+
+    return _table(("shape", "dtype", "pass", "zoo ms", "bare SDPA ms", "ratio"),
+                  [(_cell(r.get("shape", "")), _cell(r.get("dtype", "")), _cell(r.get("pass", "")),
+                    ms(r.get("zoo_ms")), ms(r.get("baseline_ms")), f"{r['ratio']:.3f}") for r in rows])
 
 
 # ---------------------------------------------------------------------------
@@ -588,8 +590,8 @@ def attention_pattern(spec: VariantSpec) -> Pattern:
         caption += " Zero cells show the chunk causality: no position sees the neighbours of a later chunk."
     lead = ctx.shape[1:-1]
     xlabel = ("context tokens (c)" if len(lead) == 1
-              else f"context tokens c[{', '.join(f'i{k}' for k in range(len(lead)))}], flattened "
-                   f"(context shape {spec.context_shape or tuple(ctx.shape)})")
+              else f"context tokens c[{', '.join(f'i{k}' for k in range(len(lead)))}], flattened\n"
+                   f"(context {(spec.context_shape or str(tuple(ctx.shape))).split(',  ')[0][:40]})")
     return Pattern("influence", infl, rows, cols, f"{spec.name}: influence of context on output", caption,
                    xlabel=xlabel)
 
@@ -607,7 +609,7 @@ def render_pattern(spec: VariantSpec, path: str | Path | None = None) -> tuple[b
     pat = attention_pattern(spec)
     values = pat.values.detach().double().cpu().numpy()
     rows, cols = values.shape
-    width = min(11.0, max(4.2, 1.4 + 0.55 * cols))
+    width = min(11.0, max(4.8, 1.4 + 0.55 * cols))
     height = min(9.0, max(2.8, 1.2 + 0.5 * rows))
     fig = Figure(figsize=(width, height), dpi=110)
     ax = fig.add_subplot()
@@ -683,8 +685,10 @@ def runnable_example(spec: VariantSpec) -> str:
 
         layer = zoo.create({spec.name!r}{args})
         spec = zoo.get_variant({spec.name!r})
-        inputs = spec.make_inputs(layer, batch=2, query_len=16, context_len=4,
-                                  generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+        inputs = spec.make_inputs(
+            layer, batch=2, query_len=16, context_len=4,
+            generator=torch.Generator().manual_seed(0), dtype=torch.float32,
+        )
         out = layer(**inputs)
         assert out.shape == inputs["x"].shape
         print({{k: tuple(v.shape) for k, v in inputs.items()}}, "->", tuple(out.shape))
@@ -743,7 +747,8 @@ def index_markdown(specs: Sequence[VariantSpec], harness: Mapping[str, HarnessSu
         "context of a later chunk; **N=M** needs `x` and `context` of equal length. "
         "*Harness*: the shared checks (`zoo check NAME`) run on this build. "
         f"*Speed*: the variant's time over a bare `scaled_dot_product_attention` layer doing the same "
-        f"work, from `benchmarks/results/cpu.json` (`zoo bench`); lower is faster; "
+        f"work (`zoo_ms / baseline_ms`, range over the benchmark's shapes and dtypes per pass), from "
+        f"`benchmarks/results/cpu.json` (`zoo bench`); lower is faster; "
         f"\"{NOT_MEASURED}\" when that file has no entry.",
         "",
     ]
@@ -751,7 +756,8 @@ def index_markdown(specs: Sequence[VariantSpec], harness: Mapping[str, HarnessSu
 
 
 def variant_markdown(spec: VariantSpec, harness: HarnessSummary | None = None, speed: str | None = None,
-                     image: str | None = None, pattern: Pattern | None = None) -> str:
+                     image: str | None = None, pattern: Pattern | None = None,
+                     bench: str | None = None) -> str:
     """One variant's page: summary, paper, equation, shapes, config table, runnable
     example, harness result and (when ``image`` is given) its attention pattern."""
     layer_path = f"{spec.module.__module__}.{spec.module.__qualname__}"
@@ -767,7 +773,7 @@ def variant_markdown(spec: VariantSpec, harness: HarnessSummary | None = None, s
         ("speed vs SDPA", _cell(speed or NOT_MEASURED)),
     ]
     out = [f"# `{spec.name}`", "", _cell(spec.summary), ""]
-    out += [_table(("", ""), [(f"**{k}**", v) for k, v in facts]), ""]
+    out += [f"- **{k}**: {v}" for k, v in facts] + [""]
     out += ["## Equation", ""]
     if spec.equation:
         out += ["$$", spec.equation.strip(), "$$", ""]
@@ -807,11 +813,20 @@ def variant_markdown(spec: VariantSpec, harness: HarnessSummary | None = None, s
         out += [f"Harness result not available: {_cell(note)}.", ""]
     else:
         verdict = "all checks passed" if harness.passed else "**some checks failed**"
-        out += [f"`zoo check {spec.name}` on this build: {verdict} ({harness.short}).", "",
-                '??? note "Every check"', ""]
+        kind = "success" if harness.passed else "failure"
+        out += [f"`zoo check {spec.name}` on this build: {verdict} ({harness.short}); "
+                "a skipped check does not apply to this variant (the reason is given).", "",
+                f'???{"" if harness.passed else "+"} {kind} "{len(harness.results)} checks: {harness.short}"', ""]
         table = _table(("check", "status", "message"),
                        [(f"`{c}`", s, _cell(m[:300])) for c, s, m in harness.results])
         out += [textwrap.indent(table, "    "), ""]
+    out += ["## Speed", ""]
+    if bench:
+        out += ["Time of this layer over a bare `scaled_dot_product_attention` layer doing the same "
+                "work, from `benchmarks/results/cpu.json` (`zoo bench`); lower is faster.", "", bench, ""]
+    else:
+        out += [f"{NOT_MEASURED.capitalize()}: `benchmarks/results/cpu.json` has no entry for "
+                f"`{spec.name}` (run `zoo bench`).", ""]
     out += ["## Attention pattern", ""]
     if image:
         caption = pattern.caption if pattern else ""
@@ -861,5 +876,6 @@ def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bo
                 image = _image_name(spec.name)
                 files[f"{CATALOG_DIR}/{image}"] = data
         files[page_path(spec.name)] = variant_markdown(
-            spec, harness.get(spec.name) if run_harness else None, speeds.get(spec.name), image, pattern)
+            spec, harness.get(spec.name) if run_harness else None, speeds.get(spec.name), image, pattern,
+            bench_table(bench_path, spec.name))
     return files

@@ -1,0 +1,196 @@
+"""zoo.catalog: the docs catalog is generated from the registry, for every variant."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo
+from zoo import catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_PLUGIN = ROOT / "examples" / "zoo-plugin-example" / "zoo_example_gated_cross.py"
+VARIANTS = zoo.list_variants()
+
+
+def _load_example_plugin():
+    """The example plugin module, loaded from its file (installed or not)."""
+    spec = importlib.util.spec_from_file_location("_catalog_test_gated_cross", EXAMPLE_PLUGIN)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the config's annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pages():
+    """The catalog of the installed variants (no harness, no pictures: fast)."""
+    return catalog.build_catalog(run_harness=False, pictures=False)
+
+
+def test_builtin_variants_are_registered():
+    assert {"cross", "selfdoc", "persistent", "retro", "film"} <= set(VARIANTS)
+
+
+def test_every_registered_variant_has_a_page(pages):
+    assert "catalog/index.md" in pages
+    for name in VARIANTS:
+        assert catalog.page_path(name) in pages, name
+        assert f"]({name}.md)" in pages["catalog/index.md"], f"{name} missing from the index"
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_page_has_every_part(name):
+    spec = zoo.get_variant(name)
+    harness = catalog.HarnessSummary(True, True, {"passed": 2}, [("shape", "passed", "ok"), ("mask", "passed", "ok")])
+    page = catalog.variant_markdown(spec, harness, "fwd 1.01x", f"{name}-pattern.png", None, None)
+    for heading in ("## Equation", "## Shapes", "## Config", "## Example", "## Harness", "## Speed",
+                    "## Attention pattern"):
+        assert heading in page, heading
+    assert spec.summary.split()[0] in page
+    assert spec.paper and spec.paper.split(",")[0] in page, "paper citation"
+    assert spec.equation and spec.equation.strip() in page, "equation (LaTeX)"
+    for field in spec.config.model_fields:
+        if field != "variant":
+            assert f"| `{field}` |" in page, f"config field {field} missing from the table"
+    assert "2/2 passed" in page and "fwd 1.01x" in page
+    assert f"![Attention pattern of {name}]({name}-pattern.png)" in page
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_runnable_example_runs(name, capsys):
+    exec(compile(catalog.runnable_example(zoo.get_variant(name)), f"<example {name}>", "exec"), {})
+    assert "->" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_pattern_picture(name):
+    spec = zoo.get_variant(name)
+    png, pattern = catalog.render_pattern(spec)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    rows, cols = pattern.values.shape
+    assert (len(pattern.row_labels), len(pattern.col_labels)) == (rows, cols)
+    assert torch.isfinite(pattern.values).all()
+    sums = pattern.values.sum(-1)
+    if pattern.kind == "attention":
+        assert torch.allclose(sums, torch.ones_like(sums))
+    if pattern.kind == "influence":  # normalised per row; a row the context cannot reach is 0
+        assert all(abs(s - 1) < 1e-9 or s == 0 for s in sums.tolist())
+    if not spec.capabilities.attention:
+        assert pattern.kind == "modulation"
+
+
+def test_cross_pattern_is_the_worked_example():
+    """The cross picture shows exactly the attention of the worked example."""
+    pattern = catalog.attention_pattern(zoo.get_variant("cross"))
+    assert pattern.kind == "attention"
+    assert pattern.col_labels == ["I", "love", "mountains"]
+    assert torch.allclose(pattern.values, catalog.worked_example()["A"])
+
+
+def test_persistent_memory_columns_are_labelled():
+    pattern = catalog.attention_pattern(zoo.get_variant("persistent"))
+    assert pattern.kind == "attention"
+    assert sum(label.startswith("mem") for label in pattern.col_labels) == \
+        zoo.get_variant("persistent").config.model_fields["num_memory"].default
+    assert {"I", "love", "mountains"} <= set(pattern.col_labels)
+
+
+def test_retro_pattern_shows_chunk_causality():
+    pattern = catalog.attention_pattern(zoo.get_variant("retro"))
+    assert pattern.kind == "influence"
+    chunk = zoo.get_variant("retro").example_configs()[0]["chunk_size"]
+    assert (pattern.values[: chunk - 1] == 0).all(), "the first chunk_size-1 positions see no neighbours"
+
+
+def test_worked_example_matches_the_maths_by_hand():
+    w = catalog.worked_example()
+    x, c, ex = w["x"], w["context"], w["example"]
+    t = ex.tensors()
+    scores = (x @ t["W_q"]) @ (c @ t["W_k"]).T / 2 ** 0.5
+    A = torch.softmax(scores, -1)
+    assert torch.allclose(w["A"], A)
+    assert torch.allclose(w["y"], x + A @ (c @ t["W_v"]) @ t["W_o"])
+    md = catalog.worked_example_markdown()
+    assert "| **sky** |" in md and "mountains" in md
+
+
+def test_third_party_variant_appears(registry):
+    """A plugin's variant gets a page and is named as third-party in the index."""
+    from attention_zoo_plugins import cross
+
+    registry.load_plugin(cross, name="cross", distribution="attention-zoo")
+    registry.load_plugin(_load_example_plugin(), name="gated-cross", distribution="zoo-example-gated-cross")
+    files = catalog.build_catalog(run_harness=False, pictures=True)
+    assert set(files) == {"catalog/index.md", "catalog/cross.md", "catalog/cross-pattern.png",
+                          "catalog/gated-cross.md", "catalog/gated-cross-pattern.png"}
+    assert "`gated-cross` from `zoo-example-gated-cross`" in files["catalog/index.md"]
+    assert "Flamingo" in files["catalog/gated-cross.md"]
+
+
+def test_harness_results_on_the_page():
+    summary = catalog.harness_summary(zoo.get_variant("film"))
+    assert summary.available and summary.passed, summary.results
+    assert summary.counts.get("passed", 0) >= 10
+    page = catalog.variant_markdown(zoo.get_variant("film"), summary)
+    assert "all checks passed" in page and "`oracle-forward`" in page
+
+
+def test_a_failing_variant_shows_failed_checks():
+    spec = zoo.get_variant("cross")
+    broken = spec.replace(name="cross-broken", reference=lambda module, x, context=None, **kw: x * 0)
+    summary = catalog.harness_summary(broken)
+    assert summary.available and not summary.passed
+    assert summary.counts["failed"] >= 1
+    assert "some checks failed" in catalog.variant_markdown(broken, summary)
+    assert "failed" in summary.short
+
+
+def test_harness_missing_degrades(monkeypatch):
+    monkeypatch.setitem(sys.modules, "zoo.harness", None)
+    summary = catalog.harness_summary(zoo.get_variant("cross"))
+    assert not summary.available and summary.short == "not available"
+    assert "Harness result not available" in catalog.variant_markdown(zoo.get_variant("cross"), summary)
+
+
+def test_bench_ratios(tmp_path):
+    doc = {"schema": "zoo-bench/1", "results": [
+        {"variant": "cross", "shape": "sd", "dtype": "float32", "pass": "fwd", "zoo_ms": 10.1,
+         "baseline_ms": 10.0, "ratio": 1.01},
+        {"variant": "cross", "shape": "long", "dtype": "float32", "pass": "fwd", "zoo_ms": 5.0,
+         "baseline_ms": 5.1, "ratio": 0.98},
+        {"variant": "cross", "shape": "sd", "dtype": "float32", "pass": "fwd+bwd", "zoo_ms": 30.0,
+         "baseline_ms": 29.0, "ratio": 1.0345},
+        {"variant": "film", "shape": "sd", "dtype": "float32", "pass": "fwd", "ratio": float("nan")},
+    ]}
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps(doc))
+    assert catalog.bench_ratios(path) == {"cross": "fwd 0.98-1.01x, fwd+bwd 1.03x"}
+    assert "| sd | float32 | fwd | 10.100 | 10.000 | 1.010 |" in catalog.bench_table(path, "cross")
+    assert catalog.bench_table(path, "film") is None
+    assert catalog.bench_ratios(tmp_path / "missing.json") == {}
+    (tmp_path / "bad.json").write_text("{not json")
+    assert catalog.bench_ratios(tmp_path / "bad.json") == {}
+    index = catalog.index_markdown([zoo.get_variant("cross"), zoo.get_variant("film")], {},
+                                   catalog.bench_ratios(path))
+    assert "fwd 0.98-1.01x" in index and catalog.NOT_MEASURED in index
+
+
+def test_config_table_lists_fields_with_defaults_and_descriptions():
+    rows = {r[0]: r for r in catalog.config_table(zoo.get_variant("cross").config)}
+    assert "variant" not in rows
+    assert rows["heads"][1:3] == ("int", "8")
+    assert rows["context_dim"][1] == "int | None"
+    assert rows["heads"][3].startswith("Number of attention heads") and "> 0" in rows["heads"][3]
+
+
+def test_hook_signature():
+    from zoo.hookspecs import zoo_register_variants
+
+    assert catalog.hook_signature(zoo_register_variants) == \
+        "zoo_register_variants(register: Callable[[VariantSpec], None]) -> None"
