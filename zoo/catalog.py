@@ -352,19 +352,28 @@ def worked_example_markdown() -> str:
     a = w["A"]
     top = [f"**{px[i]}** attends {', '.join(f'{100 * a[i, j]:.0f} % to *{words[j]}*' for j in range(3))}"
            for i in range(4)]
+    def grid(*cells: tuple[str, str]) -> list[str]:
+        out = ['<div class="zoo-grid" markdown>', ""]
+        for title, table in cells:
+            out += ["<div markdown>", "", title, "", table, "", "</div>", ""]
+        return out + ["</div>", ""]
+
     parts = [
-        "**Inputs.** The image `x` (4 pixels x RGB) and the caption `c` (3 tokens x 6 dims):", "",
-        _matrix_md(w["x"], px, rgb), "",
-        _matrix_md(w["context"], words, [f"e{i}" for i in range(1, 7)]), "",
-        "**Projections** `Q = x W_q` (4 x 2), `K = c W_k` (3 x 2), `V = c W_v` (3 x 2):", "",
-        _matrix_md(w["Q"], px, d2), "", _matrix_md(w["K"], words, d2), "", _matrix_md(w["V"], words, d2), "",
-        "**Scores** `Q K^T / sqrt(2)` (4 pixels x 3 words) and, after a softmax over each row, "
-        "the **attention** `A` (every row sums to 1):", "",
-        _matrix_md(w["scores"], px, words), "", _matrix_md(a, px, words), "",
+        "**Inputs**: the image and the caption.", "",
+        *grid(("`x` (4 pixels x RGB)", _matrix_md(w["x"], px, rgb)),
+              ("`c` (3 tokens x 6 dims)", _matrix_md(w["context"], words, [f"e{i}" for i in range(1, 7)]))),
+        "**Projections** to 2 dimensions:", "",
+        *grid(("`Q = x W_q` (4 x 2)", _matrix_md(w["Q"], px, d2)),
+              ("`K = c W_k` (3 x 2)", _matrix_md(w["K"], words, d2)),
+              ("`V = c W_v` (3 x 2)", _matrix_md(w["V"], words, d2))),
+        "**Scores** and, after a softmax over each row, the **attention** (every row sums to 1):", "",
+        *grid(("`Q K^T / sqrt(2)` (4 pixels x 3 words)", _matrix_md(w["scores"], px, words)),
+              ("`A = softmax(...)`", _matrix_md(a, px, words))),
         *[f"- {line}" for line in top], "",
-        "**Weighted values** `O = A V` (4 x 2), **projected back** to RGB `O W_o` (4 x 3), and "
-        "**added to the image** (the skip connection) `y = x + O W_o`:", "",
-        _matrix_md(w["O"], px, d2), "", _matrix_md(w["out"], px, rgb), "", _matrix_md(w["y"], px, rgb),
+        "**Weighted values**, **projected back** to RGB, and **added to the image** (the skip connection):", "",
+        *grid(("`O = A V` (4 x 2)", _matrix_md(w["O"], px, d2)),
+              ("`O W_o` (4 x 3): the layer's output", _matrix_md(w["out"], px, rgb)),
+              ("`y = x + O W_o`", _matrix_md(w["y"], px, rgb))),
     ]
     return "\n".join(parts) + "\n"
 
@@ -725,13 +734,14 @@ def index_markdown(specs: Sequence[VariantSpec], harness: Mapping[str, HarnessSu
             f"[`{spec.name}`]({spec.name}.md)",
             _cell(spec.summary),
             _cell(spec.complexity or "-"),
-            _code(spec.context_shape or "-"),
+            _cell(spec.context_shape or "-"),
             _cell(", ".join(_capabilities(spec, short=True)) or "-"),
             _cell(h.short if h else "not run"),
             _cell(speeds.get(spec.name, NOT_MEASURED)),
         ))
     third = [s for s in specs if s.distribution and s.distribution != "attention-zoo"]
     parts = [
+        "---", "hide:", "  - navigation", "---", "",  # the table needs the width
         "# Variant catalog",
         "",
         "Every attention variant registered in the environment that built these docs, generated "
