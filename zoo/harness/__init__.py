@@ -38,7 +38,7 @@ __all__ = [
 # Stable ids, in the order they run (kept here as plain data: importing them needs no torch).
 CHECK_IDS: tuple[str, ...] = (
     "shape", "oracle-forward", "oracle-grad", "mask", "masked-rows", "batch-independence",
-    "context-order", "query-order", "eval-determinism", "dropout", "state-dict",
+    "context-order", "query-order", "chunk-causality", "eval-determinism", "dropout", "state-dict",
     "config-roundtrip", "bad-input",
 )
 SLOW_CHECK_IDS: tuple[str, ...] = ("compile", "ddp")

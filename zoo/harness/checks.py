@@ -541,6 +541,54 @@ def check_query_order(case: Case) -> str:
     return "equivariant"
 
 
+def _chunk_causal_applies(spec: VariantSpec) -> str | None:
+    return None if spec.capabilities.chunk_causal else "capabilities.chunk_causal is False"
+
+
+def _chunk_size(case: Case, module: torch.nn.Module) -> int:
+    """The chunk length m, found from ``make_inputs``: the shortest ``x`` that gets one chunk
+    (context axis 1 has length ``N // m``)."""
+    for q in range(1, 513):
+        inputs = case.spec.make_inputs(module, batch=1, query_len=q, context_len=4, generator=case.generator(q),
+                                       dtype=torch.float64)
+        ctx = inputs.get("context")
+        if not isinstance(ctx, Tensor) or ctx.ndim < 3:
+            raise CheckFailed("capabilities.chunk_causal is True but make_inputs gives no context with a "
+                              "chunk axis 1 (expected shape (B, L, ..., Dc) with L = N // chunk_size)")
+        if ctx.shape[1] >= 1:
+            return q
+    raise CheckFailed("capabilities.chunk_causal is True but make_inputs gives no chunk (context axis 1 stays "
+                      "empty) for any query length up to 512")
+
+
+def check_chunk_causality(case: Case) -> str:
+    """Chunk-causal variants (RETRO): perturbing the context of chunk u (context axis 1)
+    changes no position p < (u+1)*m - 1, m the chunk length: a position only ever sees
+    the context of chunks it has completely read."""
+    module = case.build(torch.float64)
+    m = _chunk_size(case, module)
+    n = 3 * m + max(1, m // 2)  # three complete chunks and a remainder
+    inputs = case.inputs(module, batch=2, query_len=n, context_len=4, mask=None)
+    ctx = inputs["context"]
+    with torch.no_grad():
+        out = _run(module, inputs)
+        for u in range(ctx.shape[1]):
+            changed = ctx.clone()
+            changed[:, u] += torch.randn(changed[:, u].shape, generator=case.generator(100 + u),
+                                         dtype=ctx.dtype).to(ctx.device) * 10
+            out2 = _run(module, {**inputs, "context": changed})
+            per_pos = (out2 - out).abs().amax(dim=(0, 2))
+            first = (u + 1) * m - 1
+            leak = per_pos[:first]
+            if leak.numel() and leak.max().item() > EXACT * max(1.0, out.abs().max().item()):
+                p = int(torch.nonzero(leak > EXACT * max(1.0, out.abs().max().item()))[0])
+                raise CheckFailed(f"changing the context of chunk {u} (context[:, {u}]) changed position {p}, "
+                                  f"before {first} = (u+1)*chunk_size - 1 with chunk_size {m}: a position "
+                                  f"sees the context of a chunk it has not finished (N={n}, "
+                                  f"{_describe(inputs)})")
+    return f"causal over {ctx.shape[1]} chunks of {m}"
+
+
 def check_eval_determinism(case: Case) -> str:
     """In eval() two calls agree exactly, and a config's dropout changes nothing."""
     overrides = {"dropout": 0.5} if case.has_field("dropout") else {}
@@ -750,6 +798,8 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
     Check("context-order", "permuting orderless context axes leaves the output unchanged", check_context_order,
           _context_order_applies),
     Check("query-order", "permuting queries permutes the output", check_query_order, _query_order_applies),
+    Check("chunk-causality", "no position sees the context of a chunk it has not finished (RETRO)",
+          check_chunk_causality, _chunk_causal_applies),
     Check("eval-determinism", "eval() is deterministic and dropout is off", check_eval_determinism),
     Check("dropout", "dropout acts in training (and only there)", check_dropout, _dropout_applies),
     Check("state-dict", "state dict round-trips into a fresh layer", check_state_dict),

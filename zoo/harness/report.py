@@ -26,6 +26,7 @@ SHORT_NAMES = {
     "batch-independence": "batch",
     "context-order": "c-ord",
     "query-order": "q-ord",
+    "chunk-causality": "chunk",
     "eval-determinism": "det",
     "dropout": "drop",
     "state-dict": "sd",
