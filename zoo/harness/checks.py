@@ -261,30 +261,50 @@ def _needs_masks(spec: VariantSpec) -> str | None:
 # --------------------------------------------------------------------------- checks
 
 
+def _width_overrides(case: Case) -> list[dict]:
+    """Extra widths for the shape check: a context wider than the queries, and wider queries."""
+    out = []
+    qd = case.fields.get("query_dim", case.spec.config.model_fields.get("query_dim") and
+                        case.spec.config.model_fields["query_dim"].get_default())
+    if isinstance(qd, int):
+        if case.has_field("context_dim"):
+            out.append({"context_dim": qd + 5})
+        out.append({"query_dim": qd + 3})
+    return out
+
+
 def check_shape(case: Case) -> str:
-    """Output has x's shape, dtype and device over batch sizes, lengths and dtypes."""
-    shapes = [(1, 1, 1), (3, 7, 5), (2, 33, 40), (2, 1, 9), (1, 8, 1)]
+    """Output has x's shape, dtype and device over batch sizes, lengths, widths and dtypes."""
+    from pydantic import ValidationError
+
+    shapes = [(1, 1, 1), (3, 7, 5), (2, 33, 40), (2, 1, 9), (1, 8, 1)]  # (B, N, M): 1, odd, long
+    builds = [(dname, {}) for dname in case.dtypes]
+    builds += [(case.dtypes[0], w) for w in _width_overrides(case)]
     n = 0
-    for dname in case.dtypes:
+    for dname, widths in builds:
         dtype = DTYPES[dname]
-        module = case.build(dtype)
-        for b, q, c in shapes:
-            configs = [dict(mask="random"), dict(mask=None)]
+        try:
+            module = case.build(dtype, **widths)
+        except ValidationError:
+            continue  # the config refuses these widths (e.g. a divisibility rule): nothing to check
+        runs = [(shape, dict(mask="random")) for shape in (shapes if not widths else shapes[:3])]
+        if not widths:
+            runs += [(shape, dict(mask=None)) for shape in shapes[:2]]
             if case.self_attention():
-                configs.append(dict(mask=None, self_attention=True))
-            for opts in configs:
-                inputs = case.inputs(module, batch=b, query_len=q, context_len=c, dtype=dtype, **opts)
-                with torch.no_grad():
-                    out = _run(module, inputs, f"forward in {dname}")
-                x = inputs["x"]
-                where = f"for {_describe(inputs)} in {dname}"
-                if tuple(out.shape) != tuple(x.shape):
-                    raise CheckFailed(f"output has shape {_shape(out)} but must have x's shape {_shape(x)} {where}")
-                if out.dtype != x.dtype:
-                    raise CheckFailed(f"output has dtype {out.dtype} but x has {x.dtype} {where}")
-                if out.device != x.device:
-                    raise CheckFailed(f"output is on {out.device} but x is on {x.device} {where}")
-                n += 1
+                runs += [(shape, dict(mask=None, self_attention=True)) for shape in shapes[:3]]
+        for (b, q, c), opts in runs:
+            inputs = case.inputs(module, batch=b, query_len=q, context_len=c, dtype=dtype, **opts)
+            with torch.no_grad():
+                out = _run(module, inputs, f"forward in {dname}" + (f" with {widths}" if widths else ""))
+            x = inputs["x"]
+            where = f"for {_describe(inputs)} in {dname}" + (f" with {widths}" if widths else "")
+            if tuple(out.shape) != tuple(x.shape):
+                raise CheckFailed(f"output has shape {_shape(out)} but must have x's shape {_shape(x)} {where}")
+            if out.dtype != x.dtype:
+                raise CheckFailed(f"output has dtype {out.dtype} but x has {x.dtype} {where}")
+            if out.device != x.device:
+                raise CheckFailed(f"output is on {out.device} but x is on {x.device} {where}")
+            n += 1
     return f"{n} input shapes"
 
 
