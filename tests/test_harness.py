@@ -330,3 +330,23 @@ def test_cli_verbose_lists_every_result(cross_registry, capsys):
     assert main(["check", "cross", "-k", "dropout,shape", "-v", "-q"]) == 0
     out = capsys.readouterr().out
     assert "cross / dropout: passed" in out and "cross / shape: passed" in out
+
+
+def test_spec_tolerances_override_the_defaults():
+    spec, check_id = PLANTED["missing-scale"]
+    loose = spec.replace(tolerances={"float32": (100.0, 0.0), "float64": (100.0, 0.0), "bfloat16": (100.0, 0.0)})
+    assert check(loose, checks=[check_id]).passed
+    tight_bf16_only = SOUND.replace(tolerances={"bfloat16": (0.0, 0.0)})
+    result = check(tight_bf16_only, checks=[check_id])[check_id]
+    assert result.failed and "bfloat16 forward" in result.message
+
+
+def test_harness_leaves_the_global_rng_alone_and_is_deterministic():
+    import torch
+
+    state = torch.get_rng_state()
+    first = check(SOUND).to_dict()
+    assert torch.equal(torch.get_rng_state(), state)
+    second = check(SOUND).to_dict()
+    strip = lambda d: [(r["check"], r["status"], r["message"]) for r in d["results"]]  # noqa: E731
+    assert strip(first) == strip(second)
