@@ -28,7 +28,7 @@ class Progress:
         if not self.enabled:
             return
         now = time.perf_counter()
-        if now - self._last >= (0.2 if self.tty else 5.0) or self.done >= self.total:
+        if self.done < self.total and now - self._last >= (0.2 if self.tty else 5.0):
             self._last = now
             self._draw(now, final=False)
 
