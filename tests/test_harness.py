@@ -350,3 +350,12 @@ def test_harness_leaves_the_global_rng_alone_and_is_deterministic():
     second = check(SOUND).to_dict()
     strip = lambda d: [(r["check"], r["status"], r["message"]) for r in d["results"]]  # noqa: E731
     assert strip(first) == strip(second)
+
+
+def test_cli_json_to_stdout_keeps_stdout_pure(cross_registry, capsys):
+    from zoo.cli import main
+
+    assert main(["check", "cross", "-k", "shape", "--json", "-", "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["reports"][0]["variant"] == "cross"
+    assert "variant" in err.splitlines()[0]

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default all three")
     parser.add_argument("--device", default="cpu", help="device for layers and inputs (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed for parameters and inputs (default 0)")
-    parser.add_argument("--json", metavar="PATH", help="also write the reports as JSON to PATH ('-' = stdout)")
+    parser.add_argument("--json", metavar="PATH", help="also write the reports as JSON to PATH ('-': stdout, the table then goes to stderr)")
     parser.add_argument("--list-checks", action="store_true", help="list the check ids and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -121,12 +121,13 @@ def run(args: argparse.Namespace) -> int:
         reports.append(report)
         progress.variant_done(report)
     wall = time.perf_counter() - start
-    print(render_table(reports))
+    out = sys.stderr if args.json == "-" else sys.stdout  # stdout carries only the JSON then
+    print(render_table(reports), file=out)
     if args.verbose:
-        print("\nresults:")
+        print("\nresults:", file=out)
         for rep in reports:
             for r in rep.results:
-                print(f"  {rep.variant} / {r.check}: {r.status} ({r.seconds:.2f} s) {r.message}")
+                print(f"  {rep.variant} / {r.check}: {r.status} ({r.seconds:.2f} s) {r.message}", file=out)
     if args.all:
         broken = [p.label for p in registry.plugins() if p.status == "failed"]
         if broken:
