@@ -209,23 +209,18 @@ def bench_ratios(path: str | Path | None) -> dict[str, str]:
 
     A ratio is ``zoo_ms / baseline_ms``: the variant's time over a bare
     ``scaled_dot_product_attention`` layer doing the same work (lower is faster).
-    Summarised per pass (``fwd``, ``fwd+bwd``, ...) as the range over shapes and
-    dtypes, e.g. ``{"cross": "fwd 0.98-1.02x, fwd+bwd 1.01x"}``. A missing or
+    Summarised per pass (``fwd``, ``fwd+bwd``, ...) as the median over the benchmark's
+    shapes and dtypes, e.g. ``{"cross": "fwd 1.01x, fwd+bwd 1.03x"}``. A missing or
     unreadable file gives ``{}`` (the catalog then says "not measured").
     """
+    import statistics
+
     by_variant: dict[str, dict[str, list[float]]] = {}
     for row in _load_bench(path):
         passes = by_variant.setdefault(row["variant"], {})
         passes.setdefault(str(row.get("pass", "")), []).append(float(row["ratio"]))
-    out = {}
-    for name, passes in by_variant.items():
-        parts = []
-        for label, ratios in passes.items():
-            lo, hi = min(ratios), max(ratios)
-            text = f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}x"
-            parts.append(f"{label} {text}".strip())
-        out[name] = ", ".join(parts)
-    return out
+    return {name: ", ".join(f"{label} {statistics.median(r):.2f}x".strip() for label, r in passes.items())
+            for name, passes in by_variant.items()}
 
 
 def bench_table(path: str | Path | None, name: str) -> str | None:
@@ -237,9 +232,20 @@ def bench_table(path: str | Path | None, name: str) -> str | None:
     def ms(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, (int, float)) else "-"
 
-    return _table(("shape", "dtype", "pass", "zoo ms", "bare SDPA ms", "ratio"),
-                  [(_cell(r.get("shape", "")), _cell(r.get("dtype", "")), _cell(r.get("pass", "")),
-                    ms(r.get("zoo_ms")), ms(r.get("baseline_ms")), f"{r['ratio']:.3f}") for r in rows])
+    def compare(r: Mapping) -> str:
+        c = r.get("compare")
+        if isinstance(c, Mapping) and isinstance(c.get("ratio"), (int, float)):
+            return f"{c['ratio']:.3f} of `{c.get('variant', '?')}` ({ms(c.get('ms'))} ms)"
+        return "-"
+
+    headers = ["shape", "dtype", "pass", "zoo ms", "bare SDPA ms", "ratio"]
+    body = [[_cell(r.get("shape", "")), _cell(r.get("dtype", "")), _cell(r.get("pass", "")),
+             ms(r.get("zoo_ms")), ms(r.get("baseline_ms")), f"{r['ratio']:.3f}"] for r in rows]
+    if any(isinstance(r.get("compare"), Mapping) for r in rows):
+        headers.append("time relative to")
+        for line, r in zip(body, rows):
+            line.append(compare(r))
+    return _table(headers, body)
 
 
 # ---------------------------------------------------------------------------
@@ -757,7 +763,7 @@ def index_markdown(specs: Sequence[VariantSpec], harness: Mapping[str, HarnessSu
         "context of a later chunk; **N=M** needs `x` and `context` of equal length. "
         "*Harness*: the shared checks (`zoo check NAME`) run on this build. "
         f"*Speed*: the variant's time over a bare `scaled_dot_product_attention` layer doing the same "
-        f"work (`zoo_ms / baseline_ms`, range over the benchmark's shapes and dtypes per pass), from "
+        f"work (`zoo_ms / baseline_ms`, median over the benchmark's shapes and dtypes per pass), from "
         f"`benchmarks/results/cpu.json` (`zoo bench`); lower is faster; "
         f"\"{NOT_MEASURED}\" when that file has no entry.",
         "",
