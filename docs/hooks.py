@@ -9,7 +9,8 @@
   example's numbers, computed by the zoo at build time.
 - ``on_page_content``: turns the LaTeX that ``pymdownx.arithmatex`` marks into
   MathML (``latex2mathml``), which browsers render natively: no JavaScript, no
-  fonts, no network when the site is viewed.
+  fonts, no network when the site is viewed; and drops the Sphinx roles
+  (``:class:``) that some docstrings carry.
 """
 
 from __future__ import annotations
@@ -86,5 +87,10 @@ def _to_mathml(match: re.Match, page) -> str:
     return mathml
 
 
+# Sphinx roles in docstrings (":class:`X`") arrive as ":class:<code>X</code>": keep the code.
+_ROLE = re.compile(r":(?:class|func|meth|data|attr|mod|exc|obj|const):(<code>)~?")
+
+
 def on_page_content(content, page, config, files):
-    return _MATH.sub(lambda m: _to_mathml(m, page), content)
+    content = _MATH.sub(lambda m: _to_mathml(m, page), content)
+    return _ROLE.sub(r"\1", content)
