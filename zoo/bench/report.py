@@ -13,7 +13,9 @@ JSON schema (``"schema": "zoo-bench/1"``), read by the catalog (``zoo/catalog.py
       "results": [                       # one per variant x shape x dtype x pass
         {"variant": "cross", "shape": "sd", "dtype": "float32", "pass": "fwd",
          "zoo_ms": 10.1, "baseline_ms": 10.0, "ratio": 1.01, "target": 1.05, "met": true,
-         "zoo_iqr_ms": [..], "baseline_iqr_ms": [..], "rounds": 11, "calls_per_round": 1,
+         "zoo_iqr_ms": [..], "baseline_iqr_ms": [..],
+         "paired_ratio": 1.01,            # median over rounds of zoo/bare within a round
+         "rounds": 11, "calls_per_round": 1,
          "max_abs_diff": 0.0,
          "compare": {"variant": "cross", "ms": 12.3, "ratio": 0.05}}   # film only
       ],

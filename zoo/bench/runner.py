@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -93,13 +94,19 @@ def bench(
     shapes: tuple[str, ...] = ("sd", "long", "retro"),
     passes: tuple[str, ...] = PASSES,
     repeat: int = 11,
+    budget_s: float = 4.0,
     memory: bool = True,
     system_checks: bool = True,
     device: str = "cpu",
     threads: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Run the benchmark and return the JSON document (see :mod:`zoo.bench.report`)."""
+    """Run the benchmark and return the JSON document (see :mod:`zoo.bench.report`).
+
+    Every measurement takes at least ``repeat`` interleaved rounds, more (up to
+    ``4 * repeat``) where a round is short enough to fit ``budget_s`` seconds: cheap
+    cases get more samples, the number being fixed from the cost before any sample.
+    """
     if threads:
         torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -110,7 +117,7 @@ def bench(
     else:
         names = [n for n in registered if baselines.baseline_for(n) is not None]
     plan, skipped = _plan(names, list(shapes))
-    steps = len(plan) * len(dtypes) * (1 + (len(passes) if memory else 0))
+    steps = len(plan) * len(dtypes) * (2 if memory else 1)
     sys_steps = 4 if system_checks else 0
     prog = report.Progress(steps + sys_steps, enabled=progress)
     machine = machine_info(device)
@@ -141,7 +148,8 @@ def bench(
                     "zoo": workload(module, params, x, c, p),
                     "bare": workload(lambda a, b: bare_fn(module, a, b), params, x, c, p),
                 }
-                s = interleaved(fns, repeat=repeat, warmup=1, device=device,
+                s = interleaved(fns, repeat=repeat, warmup=1, device=device, budget_s=budget_s,
+                                max_repeat=4 * repeat,
                                 on_round=lambda i, n, w=f"{what} {p}": prog.show(w, f"round {i}/{n}"))
                 target = TARGETS.get(name, DEFAULT_TARGET)
                 ratio = s["zoo"].median / s["bare"].median
@@ -151,7 +159,10 @@ def bench(
                     "ratio": round(ratio, 3), "target": target, "met": bool(ratio <= target and ok),
                     "zoo_iqr_ms": [round(v, 3) for v in s["zoo"].iqr_ms()],
                     "baseline_iqr_ms": [round(v, 3) for v in s["bare"].iqr_ms()],
-                    "rounds": repeat, "max_abs_diff": diff,
+                    "paired_ratio": round(statistics.median(
+                        a / b for a, b in zip(s["zoo"].seconds, s["bare"].seconds)), 3),
+                    "rounds": len(s["zoo"].seconds), "calls_per_round": s["zoo"].number,
+                    "max_abs_diff": diff,
                 }
                 if not ok:
                     row["mismatch"] = True
@@ -165,19 +176,20 @@ def bench(
             prog.step(what)
             del module, compare, x, c
             if memory:
+                got = {}
+                for impl in ("zoo", "bare"):
+                    prog.show(what, f"memory ({impl}, fresh process)")
+                    job = {"variant": name, "impl": impl, "shape": shape.as_dict(), "dtype": dtype_name,
+                           "passes": list(passes), "device": device, "threads": threads}
+                    got[impl] = measure_memory(job)
                 for p in passes:
-                    prog.show(f"{what} {p}", "memory")
-                    got = {}
-                    for impl in ("zoo", "bare"):
-                        job = {"variant": name, "impl": impl, "shape": shape.as_dict(), "dtype": dtype_name,
-                               "passes": [p], "device": device, "threads": threads}
-                        got[impl] = measure_memory(job)[p]
+                    z, b = got["zoo"][p], got["bare"][p]
                     mem_rows.append({
                         "variant": name, "shape": key, "dtype": dtype_name, "pass": p,
-                        "zoo_mib": round(got["zoo"], 1), "baseline_mib": round(got["bare"], 1),
-                        "ratio": round(got["zoo"] / got["bare"], 3) if got["bare"] > 1.0 else None,
+                        "zoo_mib": round(z, 1), "baseline_mib": round(b, 1),
+                        "ratio": round(z / b, 3) if b > 1.0 else None,
                     })
-                    prog.step()
+                prog.step()
     sysres: dict = {}
     if system_checks:
         prog.show("system: dispatch overhead")
@@ -212,7 +224,7 @@ def bench(
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine,
         "torch": torch.__version__,
-        "settings": {"size": size, "repeat": repeat, "dtypes": list(dtypes), "shapes": list(shapes),
+        "settings": {"size": size, "repeat": repeat, "budget_s": budget_s, "dtypes": list(dtypes), "shapes": list(shapes),
                      "passes": list(passes), "memory": memory, "variants": names},
         "shapes": {k: shape_for(size, k).as_dict() for k in shapes},
         "results": results,
@@ -255,7 +267,8 @@ def main(args) -> int:
     for s in shapes:
         shape_for(size, s)
     repeat = args.repeat or {"full": 11, "quick": 3, "tiny": 3}[size]
-    doc = bench(args.names or None, size=size, dtypes=dtypes, shapes=shapes, repeat=repeat,
+    budget = args.budget if args.budget is not None else {"full": 4.0, "quick": 1.0, "tiny": 0.1}[size]
+    doc = bench(args.names or None, size=size, dtypes=dtypes, shapes=shapes, repeat=repeat, budget_s=budget,
                 memory=not args.no_memory, system_checks=not args.no_system, device=args.device,
                 threads=args.threads, progress=not args.no_progress)
     print(f"zoo bench: {doc['machine']['cpu_model']}, {doc['machine']['threads']} threads, "

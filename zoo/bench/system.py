@@ -21,7 +21,7 @@ MEMORY_GROWTH_LIMIT = 6.0
 def dispatch_overhead(variant: str = "cross", *, repeat: int = 15, device: str = "cpu") -> dict:
     """Microseconds a call through the zoo layer costs beyond the bare baseline, at a
     tiny shape where the arithmetic is negligible (B=1, N=M=16, width 64, 4 heads of 16):
-    validation, module calls and the fast-path decisions."""
+    validation, module calls and the fast-path decisions. Measured on one thread."""
     import torch
 
     import zoo
@@ -30,6 +30,7 @@ def dispatch_overhead(variant: str = "cross", *, repeat: int = 15, device: str =
 
     spec = zoo.get_variant(variant)
     bare = baseline_for(spec.name)
+    threads = torch.get_num_threads()
     if spec.name == "retro":
         shape = Shape("dispatch", 1, 16, 4, 64, 64, 4, 16, chunk_size=4, neighbours=2)
     else:
@@ -45,8 +46,15 @@ def dispatch_overhead(variant: str = "cross", *, repeat: int = 15, device: str =
         with torch.no_grad():
             bare(module, x, c)
 
-    s = interleaved({"zoo": zoo_call, "bare": bare_call}, repeat=repeat, warmup=20,
-                    min_sample_s=0.01, device=device)
+    # One thread: the overhead is Python and dispatcher work, which threads do not
+    # share; at this size a second thread only adds fork/join jitter (and, on a
+    # loaded machine, waits for a descheduled worker).
+    torch.set_num_threads(1)
+    try:
+        s = interleaved({"zoo": zoo_call, "bare": bare_call}, repeat=repeat, warmup=20,
+                        min_sample_s=0.01, device=device)
+    finally:
+        torch.set_num_threads(threads)
     zoo_us, bare_us = s["zoo"].median * 1e6, s["bare"].median * 1e6
     over = zoo_us - bare_us
     return {
@@ -56,6 +64,7 @@ def dispatch_overhead(variant: str = "cross", *, repeat: int = 15, device: str =
         "baseline_us": round(bare_us, 2),
         "overhead_us": round(over, 2),
         "target_us": DISPATCH_TARGET_US,
+        "threads": 1,
         "met": bool(over < DISPATCH_TARGET_US),
     }
 

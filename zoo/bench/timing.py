@@ -25,6 +25,7 @@ class Samples:
 
     name: str
     seconds: list[float] = field(default_factory=list)
+    number: int = 1  # calls per sample
 
     @property
     def median(self) -> float:
@@ -72,6 +73,8 @@ def interleaved(
     warmup: int = 1,
     number: int | None = None,
     min_sample_s: float = 0.02,
+    budget_s: float | None = None,
+    max_repeat: int | None = None,
     device: str = "cpu",
     on_round: Callable[[int, int], None] | None = None,
 ) -> dict[str, Samples]:
@@ -84,18 +87,27 @@ def interleaved(
         number: calls per sample; ``None`` calibrates it so a sample lasts at least
             ``min_sample_s`` (the slowest function decides, so all share it).
         device: ``"cuda..."`` synchronises around every sample.
+        budget_s, max_repeat: when given, the number of rounds grows from ``repeat``
+            towards ``max_repeat`` so that all rounds take about ``budget_s`` seconds,
+            estimated from the warm-up calls (before any sample is taken).
         on_round: ``on_round(done, repeat)`` after each round (progress display).
 
     Returns:
         name -> :class:`Samples` of seconds per call.
     """
     names = list(fns)
+    t0 = time.perf_counter()
     for _ in range(warmup):
         for n in names:
             fns[n]()
+    sync(device)
+    per_round = (time.perf_counter() - t0) / max(warmup, 1)
     if number is None:
         number = min(calibrate(fns[n], min_sample_s=min_sample_s, device=device) for n in names)
-    out = {n: Samples(n) for n in names}
+    if budget_s is not None and max_repeat is not None and warmup > 0:
+        fit = int(budget_s / max(per_round * number, 1e-9))
+        repeat = max(repeat, min(max_repeat, fit))
+    out = {n: Samples(n, number=number) for n in names}
     for r in range(repeat):
         order = names if r % 2 == 0 else names[::-1]
         for n in order:
