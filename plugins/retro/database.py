@@ -245,8 +245,9 @@ class RetroDatabase:
 
     Example::
 
-        from attention_zoo_plugins.retro import RetroDatabase, corpus_path
-        texts = corpus_path().read_text().split("\\n\\n")
+        from attention_zoo_plugins.retro import RetroDatabase
+        from attention_zoo_plugins.retro.corpus import load_corpus
+        texts = load_corpus()                                     # 26 short documents
         db = RetroDatabase.from_texts(texts, chunk_size=64)
         seqs = np.stack([db.tokenizer.encode(t)[:256] for t in texts[:4]])
         got = db.retrieve(seqs, k=2, exclude_docs=[0, 1, 2, 3])   # tokens (4, 4, 2, 128)

