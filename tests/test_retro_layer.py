@@ -213,7 +213,7 @@ def _bad_cases():
         "mask-shape": ((x, ctx), {"context_mask": mask[:, :, :, :2]}, r"context_mask must have shape \(2, 2, 2, 3\)"),
         "mask-dtype": ((x, ctx), {"context_mask": mask.float()}, "torch.bool"),
         "empty-context-width": ((x[:, :3], torch.randn(b, 0, 2, 3, 7, dtype=torch.float64)), {}, "last dimension 12"),
-        "empty-context-when-chunks-exist": ((x, torch.randn(b, 0, 2, 3, 12, dtype=torch.float64)), {}, "L=2 chunks for N=9; got L=0"),
+        "empty-context-when-chunks-exist": ((x, torch.randn(b, 0, 2, 3, 12, dtype=torch.float64)), {}, "L=2 chunks for N=9 and chunk_size=4; got L=0"),
         "dtype": ((x, ctx.float()), {}, "dtype"),
     }
 
