@@ -65,7 +65,7 @@ def test_variant_page_has_every_part(name):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_runnable_example_runs(name, capsys):
     exec(compile(catalog.runnable_example(zoo.get_variant(name)), f"<example {name}>", "exec"), {})
-    assert "->" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith("(2, 16, ")
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -169,7 +169,7 @@ class HarnessSummary:
         if self.counts.get("failed"):
             text += f", {self.counts['failed']} failed"
         if self.counts.get("skipped"):
-            text += f" ({self.counts['skipped']} skipped)"
+            text += f", {self.counts['skipped']} skipped"
         return text
 
 
@@ -693,20 +693,23 @@ def runnable_example(spec: VariantSpec) -> str:
     """A complete Python snippet that builds the variant from its first example config,
     makes inputs of the right shape with the spec's ``make_inputs`` and runs it."""
     fields = _example_fields(spec)
-    args = "".join(f", {k}={v!r}" for k, v in fields.items())
-    return textwrap.dedent(f"""\
+    name = json.dumps(spec.name)
+    args = ", ".join([name, *(f"{k}={v!r}" for k, v in fields.items())])
+    if len(args) > 60:
+        args = "\n" + "".join(f"    {a},\n" for a in [name, *(f"{k}={v!r}" for k, v in fields.items())])
+    return textwrap.dedent("""\
         import torch
         import zoo
 
-        layer = zoo.create({spec.name!r}{args})
-        spec = zoo.get_variant({spec.name!r})
+        """) + f"layer = zoo.create({args})\n" + textwrap.dedent(f"""\
+        spec = zoo.get_variant({name})
         inputs = spec.make_inputs(
             layer, batch=2, query_len=16, context_len=4,
             generator=torch.Generator().manual_seed(0), dtype=torch.float32,
         )
         out = layer(**inputs)
         assert out.shape == inputs["x"].shape
-        print({{k: tuple(v.shape) for k, v in inputs.items()}}, "->", tuple(out.shape))
+        print(tuple(out.shape))
         """)
 
 
@@ -830,8 +833,8 @@ def variant_markdown(spec: VariantSpec, harness: HarnessSummary | None = None, s
     else:
         verdict = "all checks passed" if harness.passed else "**some checks failed**"
         kind = "success" if harness.passed else "failure"
-        out += [f"`zoo check {spec.name}` on this build: {verdict} ({harness.short}); "
-                "a skipped check does not apply to this variant (the reason is given).", "",
+        out += [f"`zoo check {spec.name}` on this build: {verdict} ({harness.short}). "
+                "A skipped check does not apply to this variant; the table gives the reason.", "",
                 f'???{"" if harness.passed else "+"} {kind} "{len(harness.results)} checks: {harness.short}"', ""]
         table = _table(("check", "status", "message"),
                        [(f"`{c}`", s, _cell(m[:300])) for c, s, m in harness.results])
