@@ -2,7 +2,8 @@
 
 - ``on_config``: builds every catalog page and picture once per build with
   :func:`zoo.catalog.build_catalog` (harness results included) and puts the pages
-  in the nav under "Catalog".
+  in the nav under "Catalog". ``ZOO_DOCS_QUICK=1`` skips the harness (for
+  ``mkdocs serve`` while writing; the pages then say the result is not available).
 - ``on_files``: serves those pages from memory (``File.generated``): nothing
   generated is written into ``docs/`` or committed.
 - ``on_page_markdown``: replaces ``<!-- zoo:worked-example -->`` with the worked
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -38,7 +40,8 @@ def on_config(config):
     start = time.perf_counter()
     names = zoo.list_variants()
     _CATALOG.clear()
-    _CATALOG.update(build_catalog([zoo.get_variant(n) for n in names],
+    quick = os.environ.get("ZOO_DOCS_QUICK", "") not in ("", "0")  # `mkdocs serve` while writing
+    _CATALOG.update(build_catalog([zoo.get_variant(n) for n in names], run_harness=not quick,
                                   bench_path=root / "benchmarks" / "results" / "cpu.json", log=log))
     log.info("zoo catalog: %d variants in %.1f s", len(names), time.perf_counter() - start)
     section = [{"Overview": f"{CATALOG_DIR}/index.md"}] + [{n: page_path(n)} for n in names]

@@ -745,7 +745,7 @@ def index_markdown(specs: Sequence[VariantSpec], harness: Mapping[str, HarnessSu
             _cell(spec.complexity or "-"),
             _cell(spec.context_shape or "-"),
             _cell(", ".join(_capabilities(spec, short=True)) or "-"),
-            _cell(h.short if h else "not run"),
+            f"[{_cell(h.short)}]({spec.name}.md#harness)" if h else "not run",
             _cell(speeds.get(spec.name, NOT_MEASURED)),
         ))
     third = [s for s in specs if s.distribution and s.distribution != "attention-zoo"]
