@@ -428,7 +428,9 @@ def _build_for_picture(spec: VariantSpec) -> tuple[Any, dict[str, Any], list[str
             inputs, words = {"x": t["x"], "context": t["context"]}, list(ex.words)
         with torch.no_grad():
             layer(**inputs)
-        return layer, inputs, list(ex.pixels), words, "the worked example"
+        source = ("the worked example, with one caption word per pixel (this variant needs N = M)"
+                  if spec.capabilities.equal_lengths else "the worked example")
+        return layer, inputs, list(ex.pixels), words, source
     except Exception:  # noqa: BLE001 - the variant needs inputs of its own kind
         pass
     torch.manual_seed(0)
