@@ -164,3 +164,62 @@ def write_json(doc: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return path
+
+
+def _md_table(headers, rows) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def to_markdown(doc: dict) -> str:
+    """The results document as markdown (``python -m zoo.bench.report cpu.json``)."""
+    m = doc["machine"]
+    s = doc["settings"]
+    lines = [
+        f"Run {doc['created']}: {m.get('cpu_model')} ({m.get('cores')} cores, {m.get('threads')} threads, "
+        f"{m.get('cpu_capability') or ''}), torch {doc['torch']}, Python {m.get('python')}, device {m.get('device')}; "
+        f"size `{s['size']}`, at least {s['repeat']} interleaved rounds per measurement (budget {s.get('budget_s')} s), "
+        f"medians; load average at start/end: {m.get('load_average')}.",
+        "",
+        "Shapes: " + "; ".join(f"`{k}` {_describe(v)}" for k, v in doc["shapes"].items()) + ".",
+        "",
+        "### Time: zoo layer vs bare SDPA baseline",
+        "",
+    ]
+    rows = []
+    for r in doc["results"]:
+        note = ""
+        if "compare" in r:
+            c = r["compare"]
+            note = f"zoo {c['variant']} at this shape: {c['ms']:.2f} ms (film = {c['ratio']:.3f}x of it)"
+        rows.append((r["variant"], r["shape"], r["dtype"], r["pass"], f"{r['zoo_ms']:.2f}", f"{r['baseline_ms']:.2f}",
+                     f"**{r['ratio']:.3f}**", f"{r.get('paired_ratio', float('nan')):.3f}", r.get("rounds", ""),
+                     f"<= {r['target']:.2f}", "met" if r["met"] else "**missed**", note))
+    lines.append(_md_table(("variant", "shape", "dtype", "pass", "zoo ms", "bare ms", "ratio", "paired ratio",
+                            "rounds", "target", "verdict", "note"), rows))
+    if doc.get("memory"):
+        lines += ["", "### Peak memory of one call above the process baseline (MiB, fresh process each)", ""]
+        lines.append(_md_table(("variant", "shape", "dtype", "pass", "zoo MiB", "bare MiB", "ratio"),
+                               [(x["variant"], x["shape"], x["dtype"], x["pass"], f"{x['zoo_mib']:.1f}",
+                                 f"{x['baseline_mib']:.1f}", "-" if x["ratio"] is None else f"{x['ratio']:.2f}")
+                                for x in doc["memory"]]))
+    sysd = doc.get("system") or {}
+    if sysd:
+        lines += ["", "### System checks", "", "```", format_system(sysd), "```"]
+    if doc.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(doc["skipped"])]
+    lines += ["", "All targets met." if doc["all_met"] else "**Some targets missed.**"]
+    return "\n".join(lines) + "\n"
+
+
+def _describe(shape: dict) -> str:
+    if shape.get("chunk_size"):
+        return (f"B={shape['batch']} N={shape['query_len']} chunk={shape['chunk_size']} K={shape['neighbours']} "
+                f"R={shape['context_len']} width {shape['query_dim']}, {shape['heads']} heads of {shape['dim_head']}")
+    return (f"B={shape['batch']} N={shape['query_len']} M={shape['context_len']} query {shape['query_dim']} "
+            f"context {shape['context_dim']}, {shape['heads']} heads of {shape['dim_head']}")
+
+
+if __name__ == "__main__":
+    print(to_markdown(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))), end="")
