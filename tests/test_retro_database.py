@@ -397,3 +397,11 @@ def test_repr_and_sizes(flat_db):
     assert "chunks of 16 tokens from 26 documents" in repr(flat_db)
     assert len(flat_db) == flat_db.n_chunks == flat_db.index.ntotal
     assert os.fspath(Path(dbmod.__file__)).endswith("database.py")
+
+
+def test_exclusion_with_ivf_stops_when_the_probed_lists_run_out():
+    texts = ["the same words again " * 200, "the same words once", "other words entirely", "words words"]
+    db = RetroDatabase.from_texts(texts, chunk_size=20, index="ivf", nlist=4, nprobe=1)
+    dist, ids = db.search(db.embed(db.chunk_tokens([0, 1, 2])), 3, exclude_docs=[0, 0, 0])
+    assert ((ids == -1) | (db.chunk_docs[np.maximum(ids, 0)] != 0)).all()
+    assert (np.isinf(dist) == (ids == -1)).all()

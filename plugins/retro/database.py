@@ -488,7 +488,9 @@ class RetroDatabase:
             docs = np.where(i >= 0, self.chunk_docs[np.maximum(i, 0)], -2)
             keep = (i >= 0) & (docs != ex[todo, None])
             rank = np.cumsum(keep, axis=1)
-            done = (rank[:, -1] >= k) | (fetch >= total)
+            # done: k found, or nothing more to fetch (the whole index, or every vector in
+            # the IVF lists probed: FAISS pads with -1 when they run out)
+            done = (rank[:, -1] >= k) | (fetch >= total) | (i < 0).any(axis=1)
             sel = keep & (rank <= k) & done[:, None]
             r, c = np.nonzero(sel)
             ids[todo[r], rank[r, c] - 1] = i[r, c]
