@@ -100,6 +100,10 @@ def test_bench_cli_writes_json_with_schema(tmp_path, capsys):
         assert r["max_abs_diff"] < 1e-4
     out = capsys.readouterr().out
     assert "ratio" in out and "cross" in out and str(path) in out
+    from zoo.bench.report import to_markdown
+
+    md = to_markdown(doc)
+    assert md.count("| cross | ") == len(rows)
 
 
 def test_bench_unknown_variant_exits_2(capsys):
