@@ -132,7 +132,8 @@ def attend(
 
     Args:
         q: ``(..., h, N, d)``.
-        k, v: ``(..., h, M, d)`` and ``(..., h, M, d_v)``.
+        k: ``(..., h, M, d)``.
+        v: ``(..., h, M, d_v)``.
         key_mask: bool ``(..., M)`` where ``...`` are q's leading dims *before* the head
             axis (e.g. ``(B, M)`` for ``q (B, h, N, d)``); True = may be attended, shared
             by every head and query of that batch element; ``None`` attends to everything.

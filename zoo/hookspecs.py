@@ -55,7 +55,7 @@ def zoo_register_variants(register: Callable[[VariantSpec], None]) -> None:
     Returns:
         Nothing; the return value is ignored.
 
-    Example::
+    Examples:
 
         @zoo.hookimpl
         def zoo_register_variants(register):
@@ -80,7 +80,7 @@ def zoo_register_commands(subparsers: argparse._SubParsersAction) -> None:
     Returns:
         Nothing; the return value is ignored.
 
-    Example::
+    Examples:
 
         @zoo.hookimpl
         def zoo_register_commands(subparsers):
