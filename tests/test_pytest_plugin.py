@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -158,9 +159,11 @@ def test_zoo_registry_fixture_is_empty_and_isolated(pytester):
 def test_from_a_separately_installed_package(tmp_path):
     """A third-party package installed for real (wheel, dist-info, entry point): its
     author's suite gets one test per check, its variant found through the registry."""
+    source = tmp_path / "pkg"  # build from a copy: never write build output into the repository
+    shutil.copytree(EXAMPLE_PKG, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     target = tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-           "--no-index", "--target", str(target), str(EXAMPLE_PKG)]
+           "--no-index", "--target", str(target), str(source)]
     subprocess.run(pip, check=True, capture_output=True, text=True, cwd=tmp_path)
     assert list(target.glob("zoo_example_variant-*.dist-info"))
     suite = tmp_path / "suite"
