@@ -22,7 +22,7 @@ import subprocess
 import sys
 from typing import Any
 
-__all__ = ["measure", "hwm_resettable"]
+__all__ = ["measure", "measure_many", "hwm_resettable"]
 
 MiB = 1024 * 1024
 _ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
@@ -63,7 +63,22 @@ def measure(job: dict[str, Any], *, timeout: float = 600.0) -> dict[str, float]:
     return _spawn({**job, "resettable": True}, timeout)
 
 
-def _spawn(job: dict[str, Any], timeout: float) -> dict[str, float]:
+def measure_many(jobs: list[dict[str, Any]], *, timeout: float = 600.0) -> list[dict[str, float]]:
+    """Measure several jobs one after the other in *one* fresh process (``--quick``).
+
+    Cheaper than :func:`measure` by a process start per job. Every pass still gets its
+    own warm-up and high-water-mark reset, and with ``MALLOC_MMAP_THRESHOLD_`` freed
+    tensors leave the resident set, so a job does not see the previous job's memory;
+    where the mark cannot be reset this falls back to :func:`measure` per job.
+    """
+    if not jobs:
+        return []
+    if any(j.get("device", "cpu") == "cpu" for j in jobs) and not hwm_resettable():
+        return [measure(j, timeout=timeout) for j in jobs]
+    return _spawn({"jobs": [{**j, "resettable": True} for j in jobs]}, timeout)
+
+
+def _spawn(job: dict[str, Any], timeout: float) -> Any:
     env = {**os.environ, **_ENV}
     proc = subprocess.run(
         [sys.executable, "-m", "zoo.bench.memory", json.dumps(job)],
@@ -132,4 +147,8 @@ def _worker(job: dict[str, Any]) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_worker(json.loads(sys.argv[1]))))
+    _job = json.loads(sys.argv[1])
+    if "jobs" in _job:
+        print(json.dumps([_worker(j) for j in _job["jobs"]]))
+    else:
+        print(json.dumps(_worker(_job)))

@@ -15,6 +15,7 @@ import zoo
 from zoo.bench import baselines, report, system
 from zoo.bench.cases import DEFAULT_TARGET, TARGETS, VARIANT_SHAPES, attention_flops, layer_fields, make_inputs, shape_for, workload
 from zoo.bench.memory import measure as measure_memory
+from zoo.bench.memory import measure_many as measure_memory_many
 from zoo.bench.timing import interleaved
 
 __all__ = ["bench", "main", "default_json_path"]
@@ -96,6 +97,7 @@ def bench(
     repeat: int = 11,
     budget_s: float = 4.0,
     memory: bool = True,
+    isolate_memory: bool = True,
     system_checks: bool = True,
     device: str = "cpu",
     threads: int | None = None,
@@ -121,7 +123,7 @@ def bench(
     sys_steps = 4 if system_checks else 0
     prog = report.Progress(steps + sys_steps, enabled=progress)
     machine = machine_info(device)
-    results, mem_rows = [], []
+    results, mem_rows, mem_jobs = [], [], []
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
         for name, key in plan:
@@ -176,20 +178,33 @@ def bench(
             prog.step(what)
             del module, compare, x, c
             if memory:
-                got = {}
                 for impl in ("zoo", "bare"):
-                    prog.show(what, f"memory ({impl}, fresh process)")
-                    job = {"variant": name, "impl": impl, "shape": shape.as_dict(), "dtype": dtype_name,
-                           "passes": list(passes), "device": device, "threads": threads}
-                    got[impl] = measure_memory(job)
-                for p in passes:
-                    z, b = got["zoo"][p], got["bare"][p]
-                    mem_rows.append({
-                        "variant": name, "shape": key, "dtype": dtype_name, "pass": p,
-                        "zoo_mib": round(z, 1), "baseline_mib": round(b, 1),
-                        "ratio": round(z / b, 3) if b > 1.0 else None,
-                    })
-                prog.step()
+                    mem_jobs.append(((name, key, dtype_name, impl), {
+                        "variant": name, "impl": impl, "shape": shape.as_dict(), "dtype": dtype_name,
+                        "passes": list(passes), "device": device, "threads": threads}))
+    if mem_jobs:
+        got: dict = {}
+        if isolate_memory:
+            for i, (meta, job) in enumerate(mem_jobs):
+                prog.show(f"memory {' '.join(meta)}", "fresh process")
+                got[meta] = measure_memory(job)
+                if i % 2:
+                    prog.step()
+        else:
+            prog.show(f"memory: {len(mem_jobs)} measurements", "one fresh process")
+            for (meta, _), res in zip(mem_jobs, measure_memory_many([j for _, j in mem_jobs])):
+                got[meta] = res
+            prog.done += len(mem_jobs) // 2
+        for (name, key, dtype_name, impl), _ in mem_jobs:
+            if impl != "zoo":
+                continue
+            for p in passes:
+                z, b = got[(name, key, dtype_name, "zoo")][p], got[(name, key, dtype_name, "bare")][p]
+                mem_rows.append({
+                    "variant": name, "shape": key, "dtype": dtype_name, "pass": p,
+                    "zoo_mib": round(z, 1), "baseline_mib": round(b, 1),
+                    "ratio": round(z / b, 3) if b > 1.0 else None,
+                })
     sysres: dict = {}
     if system_checks:
         prog.show("system: dispatch overhead")
@@ -197,7 +212,7 @@ def bench(
         sysres["dispatch"] = [system.dispatch_overhead(n, device=device) for n in dvars]
         prog.step()
         prog.show("system: import time")
-        sysres["import"] = system.import_time()
+        sysres["import"] = system.import_time(repeat=5 if size == "full" else 3)
         prog.step()
         if memory:
             lengths = {"full": (4096, 16384), "quick": (1024, 4096), "tiny": (128, 512)}[size]
@@ -224,7 +239,7 @@ def bench(
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine,
         "torch": torch.__version__,
-        "settings": {"size": size, "repeat": repeat, "budget_s": budget_s, "dtypes": list(dtypes), "shapes": list(shapes),
+        "settings": {"size": size, "repeat": repeat, "budget_s": budget_s, "isolate_memory": isolate_memory, "dtypes": list(dtypes), "shapes": list(shapes),
                      "passes": list(passes), "memory": memory, "variants": names},
         "shapes": {k: shape_for(size, k).as_dict() for k in shapes},
         "results": results,
@@ -267,9 +282,9 @@ def main(args) -> int:
     for s in shapes:
         shape_for(size, s)
     repeat = args.repeat or {"full": 11, "quick": 3, "tiny": 3}[size]
-    budget = args.budget if args.budget is not None else {"full": 4.0, "quick": 1.0, "tiny": 0.1}[size]
+    budget = args.budget if args.budget is not None else {"full": 4.0, "quick": 0.5, "tiny": 0.1}[size]
     doc = bench(args.names or None, size=size, dtypes=dtypes, shapes=shapes, repeat=repeat, budget_s=budget,
-                memory=not args.no_memory, system_checks=not args.no_system, device=args.device,
+                memory=not args.no_memory, isolate_memory=size == "full", system_checks=not args.no_system, device=args.device,
                 threads=args.threads, progress=not args.no_progress)
     print(f"zoo bench: {doc['machine']['cpu_model']}, {doc['machine']['threads']} threads, "
           f"torch {doc['torch']}, size={size}, {repeat} interleaved rounds, medians")
