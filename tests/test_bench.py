@@ -143,6 +143,17 @@ def test_memory_worker_measures_a_fresh_process():
     assert all(isinstance(v, float) and v >= 0 for v in got.values())
 
 
+def test_memory_worker_batches_jobs_in_one_process():
+    from zoo.bench.memory import measure_many
+
+    shape = Shape("t", 1, 128, 128, 32, 32, 2, 16).as_dict()
+    jobs = [{"variant": "cross", "impl": impl, "shape": shape, "dtype": "float32", "passes": ["fwd"],
+             "device": "cpu"} for impl in ("zoo", "bare")]
+    got = measure_many(jobs)
+    assert len(got) == 2 and all(set(g) == {"fwd"} and g["fwd"] >= 0 for g in got)
+    assert measure_many([]) == []
+
+
 def test_interleaved_alternates_order_and_counts_rounds():
     calls = []
     s = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
