@@ -148,7 +148,9 @@ def attend(
     if key_mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     empty = ~key_mask.any(dim=-1)  # (...,)
-    any_empty = bool(empty.any())
+    # Eagerly, skip the fix-up when no row is empty (the usual case: one cheap sync).
+    # Under torch.compile, always apply it so the graph has no data-dependent branch.
+    any_empty = torch.compiler.is_compiling() or bool(empty.any())
     if any_empty:
         key_mask = key_mask | empty.unsqueeze(-1)
     out = F.scaled_dot_product_attention(
