@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="interleaved rounds per measurement (default: 11, 3 with --quick)")
     parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                         help="cheap measurements take more rounds (up to 4x --repeat) to fill about this "
-                             "many seconds (default: 4, 1 with --quick)")
+                             "many seconds (default: 4, 0.5 with --quick)")
     parser.add_argument("--json", metavar="PATH", default=None,
                         help="write the results here (default: benchmarks/results/cpu.json in the repository)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
