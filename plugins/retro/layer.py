@@ -206,10 +206,11 @@ def reference(module: ChunkedCrossAttention, x: Tensor, context: Tensor | None =
     m, h = module.chunk_size, module.heads
     b, n, _ = x.shape
     _, l, k, r, dc = context.shape
+    if l != n // m:
+        raise ValueError(f"context must hold L = N // chunk_size = {n // m} chunks, got {l}")
     out = torch.zeros(b, n, module.query_dim, dtype=x.dtype, device=x.device)
     for p in range(m - 1, n):
-        u = (p - m + 1) // m
-        assert u < l  # always true when L == N // m
+        u = (p - m + 1) // m  # < L for every p < N when L == N // m
         c = context[:, u].reshape(b, k * r, dc)
         q = heads_view(linear(x[:, p : p + 1], module.to_q), h)  # (B, h, 1, d)
         kk = heads_view(linear(c, module.to_k), h)
