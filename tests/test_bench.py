@@ -188,3 +188,16 @@ def test_attention_flops_counts_both_products():
     f = attention_flops(s)
     assert f["attention"] == 4 * 4096 * 4096 * 512
     assert f["total"] > f["attention"]
+
+
+def test_gflops_check_and_system_table():
+    from zoo.bench.report import format_system
+    from zoo.bench.system import gflops
+
+    g = gflops(dtypes=("float32",), length=64, matmul_n=64, repeat=1)
+    row = g["float32"]
+    assert row["matmul_peak_gflops"] > 0 and row["sdpa_gflops"] > 0 and row["layer_gflops"] > 0
+    assert row["matmul_peak_gflops"] >= row["matmul_median_gflops"]
+    table = format_system({"gflops": g, "dispatch": [], "import": {
+        "seconds": 0.1, "variants_discovered": 5, "target_s": 0.3, "met": True}})
+    assert "fused attention GFLOP/s (float32)" in table and "import zoo" in table

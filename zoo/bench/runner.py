@@ -13,7 +13,7 @@ import torch
 
 import zoo
 from zoo.bench import baselines, report, system
-from zoo.bench.cases import DEFAULT_TARGET, TARGETS, VARIANT_SHAPES, attention_flops, layer_fields, make_inputs, shape_for, workload
+from zoo.bench.cases import DEFAULT_TARGET, TARGETS, VARIANT_SHAPES, layer_fields, make_inputs, shape_for, workload
 from zoo.bench.memory import measure as measure_memory
 from zoo.bench.memory import measure_many as measure_memory_many
 from zoo.bench.timing import interleaved
@@ -224,8 +224,8 @@ def bench(
         prog.show("system: GFLOP/s")
         glen = {"full": 4096, "quick": 1024, "tiny": 256}[size]
         gmm = {"full": 2048, "quick": 1024, "tiny": 256}[size]
-        sysres["gflops"] = system.gflops(dtypes=dtypes, length=glen, matmul_n=gmm, repeat=max(3, repeat // 2), device=device)
-        sysres["gflops"]["zoo_layer"] = _layer_gflops(results, size, sysres["gflops"])
+        sysres["gflops"] = system.gflops(dtypes=dtypes, length=glen, matmul_n=gmm, repeat=max(5, repeat),
+                                         device=device, layer="cross" if "cross" in registered else None)
         prog.step()
     prog.close()
     try:
@@ -258,18 +258,6 @@ def _randomise(module: torch.nn.Module) -> None:
         for p in module.parameters():
             if p.abs().max().item() == 0:
                 p.copy_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.02)
-
-
-def _layer_gflops(results: list[dict], size: str, peaks: dict) -> dict:
-    out = {}
-    shape = shape_for(size, "long")
-    flops = attention_flops(shape)["total"]
-    for r in results:
-        if r["variant"] == "cross" and r["shape"] == "long" and r["pass"] == "fwd" and r["dtype"] in peaks:
-            g = flops / (r["zoo_ms"] / 1e3) / 1e9
-            out[r["dtype"]] = {"gflops": round(g, 1),
-                               "fraction_of_peak": round(g / peaks[r["dtype"]]["matmul_peak_gflops"], 3)}
-    return out
 
 
 def main(args) -> int:

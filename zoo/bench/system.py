@@ -131,11 +131,20 @@ def memory_scaling(lengths=(4096, 16384), *, device: str = "cpu", variant: str =
 
 
 def gflops(*, dtypes=("float32", "bfloat16"), length: int = 4096, matmul_n: int = 2048,
-           repeat: int = 7, device: str = "cpu") -> dict:
-    """Achieved GFLOP/s of fused attention (SDPA, B=1, N=M=``length``, 8 heads of 64)
-    against a square matmul, timed interleaved in the same rounds."""
+           repeat: int = 9, device: str = "cpu", layer: str | None = "cross") -> dict:
+    """Achieved GFLOP/s of fused attention against the machine's matmul, same rounds.
+
+    Three workloads run interleaved: a square ``matmul_n`` matmul (the machine's peak:
+    its best sample; also its median), SDPA at B=1, N=M=``length``, 8 heads of 64
+    (``4 N M h d`` flops), and the zoo ``layer`` at the same shape, width 512, forward
+    (projections included in its flops). Fractions are of the same-round matmul median
+    (robust on a shared machine) and of the peak.
+    """
     import torch
     import torch.nn.functional as F
+
+    import zoo
+    from zoo.bench.cases import Shape, attention_flops, layer_fields, make_inputs
 
     out = {}
     for name in dtypes:
@@ -143,25 +152,35 @@ def gflops(*, dtypes=("float32", "bfloat16"), length: int = 4096, matmul_n: int 
         g = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(1, 8, length, 64, generator=g).to(device, dtype) for _ in range(3))
         a, b = (torch.randn(matmul_n, matmul_n, generator=g).to(device, dtype) for _ in range(2))
-
-        def mm():
-            torch.mm(a, b)
-
-        def sdpa():
-            with torch.no_grad():
-                F.scaled_dot_product_attention(q, k, v)
-
-        s = interleaved({"matmul": mm, "sdpa": sdpa}, repeat=repeat, warmup=1, min_sample_s=0.05, device=device)
+        fns = {
+            "matmul": lambda: torch.mm(a, b),
+            "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
+        }
+        shape = Shape("gflops", 1, length, length, 512, 512, 8, 64)
+        if layer is not None and layer in zoo.list_variants():
+            spec = zoo.get_variant(layer)
+            module = zoo.create(spec, **layer_fields(spec.config, shape)).to(device, dtype).eval()
+            x, c = make_inputs(shape, dtype=dtype, device=device)
+            fns["layer"] = lambda: module(x, c)
+        with torch.no_grad():
+            s = interleaved(fns, repeat=repeat, warmup=1, min_sample_s=0.05, device=device)
         mm_flops = 2 * matmul_n**3
-        at_flops = 4 * 8 * length * length * 64
         peak = mm_flops / min(s["matmul"].seconds) / 1e9
         mm_med = mm_flops / s["matmul"].median / 1e9
-        at_med = at_flops / s["sdpa"].median / 1e9
-        out[name] = {
+        at = attention_flops(shape)["attention"] / s["sdpa"].median / 1e9
+        row = {
             "matmul_peak_gflops": round(peak, 1),
             "matmul_median_gflops": round(mm_med, 1),
-            "sdpa_gflops": round(at_med, 1),
-            "sdpa_fraction_of_matmul": round(at_med / mm_med, 3),
-            "sdpa_fraction_of_peak": round(at_med / peak, 3),
+            "sdpa_gflops": round(at, 1),
+            "sdpa_fraction_of_matmul": round(at / mm_med, 3),
+            "sdpa_fraction_of_peak": round(at / peak, 3),
+            "shape": shape.as_dict(),
+            "matmul_n": matmul_n,
         }
+        if "layer" in s:
+            lg = attention_flops(shape)["total"] / s["layer"].median / 1e9
+            row.update({"layer": layer, "layer_gflops": round(lg, 1),
+                        "layer_fraction_of_matmul": round(lg / mm_med, 3),
+                        "layer_fraction_of_peak": round(lg / peak, 3)})
+        out[name] = row
     return out
