@@ -6,7 +6,9 @@ import math
 
 import torch
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
+
+from zoo.functional import merge_heads, validate_mask, validate_same_batch, validate_tensor
 
 from zoo import VariantConfig
 
@@ -64,3 +66,69 @@ def linear(x: Tensor, layer: torch.nn.Linear) -> Tensor:
     if layer.bias is not None:
         out = out + layer.bias
     return out
+
+
+class MultiHeadBase(nn.Module):
+    """Parameters and input checks shared by the built-in multi-head variants.
+
+    Builds diffusers' ``Attention`` parameter names: ``to_q``, ``to_k``, ``to_v`` and
+    ``to_out = [Linear, Dropout]``, so checkpoints move between the libraries.
+
+    Args:
+        query_dim, context_dim, heads, dim_head, bias, out_bias, dropout: as
+            :class:`MultiHeadFields`.
+        value_dim: input width of ``to_v`` (default: ``context_dim``; SelfDoc reads x).
+        key_value: build ``to_k``/``to_v`` (False: they are ``None``, e.g. memory only).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int | None = None,
+        heads: int = 8,
+        dim_head: int = 64,
+        bias: bool = False,
+        out_bias: bool = True,
+        dropout: float = 0.0,
+        *,
+        value_dim: int | None = None,
+        key_value: bool = True,
+    ) -> None:
+        super().__init__()
+        self.query_dim, self.context_dim, self.heads = query_dim, context_dim or query_dim, heads
+        inner = heads * dim_head
+        self.to_q = nn.Linear(query_dim, inner, bias=bias)
+        if key_value:
+            self.to_k = nn.Linear(self.context_dim, inner, bias=bias)
+            self.to_v = nn.Linear(value_dim or self.context_dim, inner, bias=bias)
+        else:
+            self.to_k = self.to_v = None
+        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(dropout)])
+
+    def _check_x(self, x: Tensor) -> None:
+        validate_tensor("x", x, ndim=3, last_dim=self.query_dim, like=self.to_q.weight,
+                        legend=f"(B, N, query_dim={self.query_dim})")
+
+    def _check_sequence_context(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None,
+                                *, length: str = "M") -> Tensor:
+        """Check ``x`` and a ``(B, length, Dc)`` context (``None``: self-attention over x)
+        and its mask; return the tensor keys are computed from."""
+        self._check_x(x)
+        if context is None:
+            if self.context_dim != self.query_dim:
+                raise ValueError(
+                    f"context is None (self-attention: context = x) but context_dim={self.context_dim} "
+                    f"differs from query_dim={self.query_dim}; pass a context of width {self.context_dim}"
+                )
+            context = x
+        else:
+            validate_tensor("context", context, ndim=3, last_dim=self.context_dim, like=self.to_q.weight,
+                            legend=f"(B, {length}, context_dim={self.context_dim})")
+            validate_same_batch(x, context)
+        if context_mask is not None:
+            validate_mask("context_mask", context_mask, context.shape[:-1])
+        return context
+
+    def _project_out(self, heads_out: Tensor) -> Tensor:
+        """``(B, h, N, d)`` attention result -> output projection and dropout."""
+        return self.to_out[1](self.to_out[0](merge_heads(heads_out)))

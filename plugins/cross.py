@@ -12,9 +12,16 @@ import torch
 from torch import Tensor, nn
 
 import zoo
-from zoo.functional import attend, merge_heads, split_heads, validate_mask, validate_same_batch, validate_tensor
+from zoo.functional import attend, split_heads
 
-from attention_zoo_plugins._common import MultiHeadFields, heads_merge, heads_view, linear, naive_attention
+from attention_zoo_plugins._common import (
+    MultiHeadBase,
+    MultiHeadFields,
+    heads_merge,
+    heads_view,
+    linear,
+    naive_attention,
+)
 
 
 class CrossConfig(MultiHeadFields):
@@ -23,7 +30,7 @@ class CrossConfig(MultiHeadFields):
     variant: Literal["cross"] = "cross"
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(MultiHeadBase):
     r"""Multi-head cross-attention: queries from ``x``, keys and values from ``context``.
 
     .. math:: \operatorname{softmax}\!\big(d^{-1/2} (x W_q)(c W_k)^\top\big)(c W_v)\,W_o
@@ -49,51 +56,12 @@ class CrossAttention(nn.Module):
         where B is the batch size, N the query length, M the context length.
     """
 
-    def __init__(
-        self,
-        query_dim: int,
-        context_dim: int | None = None,
-        heads: int = 8,
-        dim_head: int = 64,
-        bias: bool = False,
-        out_bias: bool = True,
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        context_dim = context_dim or query_dim
-        inner = heads * dim_head
-        self.query_dim, self.context_dim, self.heads = query_dim, context_dim, heads
-        self.to_q = nn.Linear(query_dim, inner, bias=bias)
-        self.to_k = nn.Linear(context_dim, inner, bias=bias)
-        self.to_v = nn.Linear(context_dim, inner, bias=bias)
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(dropout)])
-
-    def _check(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
-        w = self.to_q.weight
-        validate_tensor("x", x, ndim=3, last_dim=self.query_dim, like=w, legend=f"(B, N, query_dim={self.query_dim})")
-        if context is None:
-            if context_mask is not None:
-                validate_mask("context_mask", context_mask, x.shape[:-1], "for self-attention over x: (B, N) ")
-            if self.context_dim != self.query_dim:
-                raise ValueError(
-                    f"context is None (self-attention) but context_dim={self.context_dim} differs "
-                    f"from query_dim={self.query_dim}; pass a context of width {self.context_dim}"
-                )
-            return x
-        validate_tensor("context", context, ndim=3, last_dim=self.context_dim, like=w,
-                        legend=f"(B, M, context_dim={self.context_dim})")
-        validate_same_batch(x, context)
-        if context_mask is not None:
-            validate_mask("context_mask", context_mask, context.shape[:-1])
-        return context
-
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
-        context = self._check(x, context, context_mask)
+        context = self._check_sequence_context(x, context, context_mask)
         q = split_heads(self.to_q(x), self.heads)
         k = split_heads(self.to_k(context), self.heads)
         v = split_heads(self.to_v(context), self.heads)
-        out = merge_heads(attend(q, k, v, context_mask))  # mask (B, M): shared by heads and queries
-        return self.to_out[1](self.to_out[0](out))
+        return self._project_out(attend(q, k, v, context_mask))  # mask (B, M): shared by heads
 
 
 def reference(module: CrossAttention, x: Tensor, context: Tensor | None = None, *, context_mask=None) -> Tensor:

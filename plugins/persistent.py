@@ -23,9 +23,16 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 import zoo
-from zoo.functional import attend, merge_heads, split_heads, validate_mask, validate_same_batch, validate_tensor
+from zoo.functional import attend, split_heads
 
-from attention_zoo_plugins._common import MultiHeadFields, heads_merge, heads_view, linear, naive_attention
+from attention_zoo_plugins._common import (
+    MultiHeadBase,
+    MultiHeadFields,
+    heads_merge,
+    heads_view,
+    linear,
+    naive_attention,
+)
 
 
 class PersistentConfig(MultiHeadFields):
@@ -53,7 +60,7 @@ class PersistentConfig(MultiHeadFields):
         return self
 
 
-class PersistentMemoryAttention(nn.Module):
+class PersistentMemoryAttention(MultiHeadBase):
     r"""Multi-head attention over context tokens plus learned persistent memory vectors.
 
     .. math::
@@ -125,24 +132,16 @@ class PersistentMemoryAttention(nn.Module):
         num_memory: int = 16,
         memory_only: bool = False,
     ) -> None:
-        super().__init__()
         if num_memory < 0:
             raise ValueError(f"num_memory must be >= 0, got {num_memory}")
         if memory_only and num_memory < 1:
             raise ValueError(f"memory_only=True needs num_memory >= 1, got num_memory={num_memory}")
-        context_dim = context_dim or query_dim
-        inner = heads * dim_head
-        self.query_dim, self.context_dim, self.heads = query_dim, context_dim, heads
+        # memory_only: nothing but the memory is attended, so there is no to_k / to_v
+        super().__init__(query_dim, context_dim, heads, dim_head, bias, out_bias, dropout,
+                         key_value=not memory_only)
         self.num_memory, self.memory_only = num_memory, memory_only
-        self.to_q = nn.Linear(query_dim, inner, bias=bias)
-        if memory_only:
-            self.to_k = self.to_v = None  # nothing but the memory is attended
-        else:
-            self.to_k = nn.Linear(context_dim, inner, bias=bias)
-            self.to_v = nn.Linear(context_dim, inner, bias=bias)
         self.memory_k = nn.Parameter(torch.randn(heads, num_memory, dim_head))
         self.memory_v = nn.Parameter(torch.randn(heads, num_memory, dim_head))
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(dropout)])
 
     @classmethod
     def from_feedforward(cls, w_in: Tensor, w_out: Tensor, b_out: Tensor | None = None) -> PersistentMemoryAttention:
@@ -188,9 +187,8 @@ class PersistentMemoryAttention(nn.Module):
         return layer
 
     def _check(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
-        w = self.to_q.weight
-        validate_tensor("x", x, ndim=3, last_dim=self.query_dim, like=w, legend=f"(B, N, query_dim={self.query_dim})")
         if self.memory_only:
+            self._check_x(x)
             if context is not None:
                 raise ValueError(
                     f"this persistent layer has memory_only=True: it attends to its memory alone and "
@@ -203,21 +201,7 @@ class PersistentMemoryAttention(nn.Module):
                     "context_mask must be None"
                 )
             return x
-        if context is None:
-            if context_mask is not None:
-                validate_mask("context_mask", context_mask, x.shape[:-1], "for self-attention over x: (B, N) ")
-            if self.context_dim != self.query_dim:
-                raise ValueError(
-                    f"context is None (self-attention) but context_dim={self.context_dim} differs "
-                    f"from query_dim={self.query_dim}; pass a context of width {self.context_dim}"
-                )
-            return x
-        validate_tensor("context", context, ndim=3, last_dim=self.context_dim, like=w,
-                        legend=f"(B, M, context_dim={self.context_dim})")
-        validate_same_batch(x, context)
-        if context_mask is not None:
-            validate_mask("context_mask", context_mask, context.shape[:-1])
-        return context
+        return self._check_sequence_context(x, context, context_mask)
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
         context = self._check(x, context, context_mask)
@@ -238,8 +222,7 @@ class PersistentMemoryAttention(nn.Module):
                 if mask is not None:
                     always = mask.new_ones(b, self.num_memory)
                     mask = torch.cat([always, mask], dim=1)
-        out = merge_heads(attend(q, k, v, mask))
-        return self.to_out[1](self.to_out[0](out))
+        return self._project_out(attend(q, k, v, mask))
 
 
 def reference(module: PersistentMemoryAttention, x: Tensor, context: Tensor | None = None, *,

@@ -11,12 +11,19 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import zoo
-from zoo.functional import attend, merge_heads, split_heads, validate_mask, validate_same_batch, validate_tensor
+from zoo.functional import attend, split_heads, validate_mask
 
-from attention_zoo_plugins._common import MultiHeadFields, heads_merge, heads_view, linear, naive_attention
+from attention_zoo_plugins._common import (
+    MultiHeadBase,
+    MultiHeadFields,
+    heads_merge,
+    heads_view,
+    linear,
+    naive_attention,
+)
 
 
 class SelfDocConfig(MultiHeadFields):
@@ -25,7 +32,7 @@ class SelfDocConfig(MultiHeadFields):
     variant: Literal["selfdoc"] = "selfdoc"
 
 
-class SelfDocAttention(nn.Module):
+class SelfDocAttention(MultiHeadBase):
     r"""SelfDoc cross-modality attention: queries and values from ``x``, keys from ``context``.
 
     .. math:: \operatorname{softmax}\!\big(d^{-1/2} (x W_q)(c W_k)^\top\big)(x W_v)\,W_o
@@ -77,30 +84,12 @@ class SelfDocAttention(nn.Module):
         out_bias: bool = True,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        context_dim = context_dim or query_dim
-        inner = heads * dim_head
-        self.query_dim, self.context_dim, self.heads = query_dim, context_dim, heads
-        self.to_q = nn.Linear(query_dim, inner, bias=bias)
-        self.to_k = nn.Linear(context_dim, inner, bias=bias)
-        self.to_v = nn.Linear(query_dim, inner, bias=bias)  # values come from x, not the context
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(dropout)])
+        # values come from x, not the context: to_v is Linear(query_dim, heads*dim_head)
+        super().__init__(query_dim, context_dim, heads, dim_head, bias, out_bias, dropout, value_dim=query_dim)
 
     def _check(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
-        w = self.to_q.weight
-        validate_tensor("x", x, ndim=3, last_dim=self.query_dim, like=w, legend=f"(B, N, query_dim={self.query_dim})")
-        if context is None:
-            if self.context_dim != self.query_dim:
-                raise ValueError(
-                    f"context is None (context = x) but context_dim={self.context_dim} differs "
-                    f"from query_dim={self.query_dim}; pass a context of shape (B, N, {self.context_dim})"
-                )
-            context = x
-        else:
-            validate_tensor("context", context, ndim=3, last_dim=self.context_dim, like=w,
-                            legend=f"(B, N, context_dim={self.context_dim})")
-            validate_same_batch(x, context)
-            _validate_equal_lengths(x, context)
+        context = self._check_sequence_context(x, context, None, length="N")
+        _validate_equal_lengths(x, context)
         if context_mask is not None:
             validate_mask("context_mask", context_mask, context.shape[:-1], "(B, N): one flag per aligned block ")
         return context
@@ -110,8 +99,7 @@ class SelfDocAttention(nn.Module):
         q = split_heads(self.to_q(x), self.heads)
         k = split_heads(self.to_k(context), self.heads)
         v = split_heads(self.to_v(x), self.heads)
-        out = merge_heads(attend(q, k, v, context_mask))
-        return self.to_out[1](self.to_out[0](out))
+        return self._project_out(attend(q, k, v, context_mask))
 
 
 def _validate_equal_lengths(x: Tensor, context: Tensor) -> None:

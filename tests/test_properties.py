@@ -94,10 +94,10 @@ def test_finite_output_or_documented_error(name, data):
 
 def test_property_fails_when_validation_is_removed(monkeypatch):
     """The property test catches a layer whose input validation was taken out."""
-    import attention_zoo_plugins.cross as cross
+    import attention_zoo_plugins._common as common
 
-    monkeypatch.setattr(cross, "validate_tensor", lambda name, t, **kw: t)
-    monkeypatch.setattr(cross, "validate_same_batch", lambda x, c: None)
+    monkeypatch.setattr(common, "validate_tensor", lambda name, t, **kw: t)
+    monkeypatch.setattr(common, "validate_same_batch", lambda x, c: None)
     with pytest.raises(Exception) as info:
         test_finite_output_or_documented_error("cross")
     assert not isinstance(info.value, pytest.skip.Exception)

@@ -20,12 +20,19 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 import zoo
 from zoo.functional import attend, validate_mask, validate_tensor
 
-from attention_zoo_plugins._common import MultiHeadFields, heads_merge, heads_view, linear, naive_attention
+from attention_zoo_plugins._common import (
+    MultiHeadBase,
+    MultiHeadFields,
+    heads_merge,
+    heads_view,
+    linear,
+    naive_attention,
+)
 
 __all__ = ["RetroConfig", "ChunkedCrossAttention", "reference", "make_inputs", "SPEC"]
 
@@ -43,7 +50,7 @@ def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
-class ChunkedCrossAttention(nn.Module):
+class ChunkedCrossAttention(MultiHeadBase):
     r"""RETRO's chunked cross-attention: each position attends to the neighbours
     retrieved for the last *completed* chunk.
 
@@ -113,16 +120,10 @@ class ChunkedCrossAttention(nn.Module):
         dropout: float = 0.0,
         chunk_size: int = 64,
     ) -> None:
-        super().__init__()
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-        context_dim = context_dim or query_dim
-        inner = heads * dim_head
-        self.query_dim, self.context_dim, self.heads, self.chunk_size = query_dim, context_dim, heads, chunk_size
-        self.to_q = nn.Linear(query_dim, inner, bias=bias)
-        self.to_k = nn.Linear(context_dim, inner, bias=bias)
-        self.to_v = nn.Linear(context_dim, inner, bias=bias)
-        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(dropout)])
+        super().__init__(query_dim, context_dim, heads, dim_head, bias, out_bias, dropout)
+        self.chunk_size = chunk_size
 
     def extra_repr(self) -> str:
         return f"chunk_size={self.chunk_size}"
@@ -130,7 +131,7 @@ class ChunkedCrossAttention(nn.Module):
     def _check(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> None:
         w = self.to_q.weight
         m = self.chunk_size
-        validate_tensor("x", x, ndim=3, last_dim=self.query_dim, like=w, legend=f"(B, N, query_dim={self.query_dim})")
+        self._check_x(x)
         b, n, _ = x.shape
         legend = f"(B={b}, L=N//chunk_size={n // m}, K, R, context_dim={self.context_dim})"
         if context is None:
