@@ -1,0 +1,105 @@
+"""Write benchmarks/RESULTS.md from results/cpu.json and results/peers-cpu.json.
+
+    zoo bench && python benchmarks/peers.py && python benchmarks/render_results.py
+
+The tables are generated, so RESULTS.md always says what the committed JSON says.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zoo.bench.report import to_markdown
+
+HERE = Path(__file__).resolve().parent
+
+INTRO = """# Benchmark results
+
+Every zoo variant against a bare baseline written by hand on
+`scaled_dot_product_attention` with the same weights (`zoo/bench/baselines.py`),
+interleaved in one process; see `README.md` for the method. Regenerate with
+`zoo bench && python benchmarks/peers.py && python benchmarks/render_results.py`.
+`ratio` = zoo median / bare median over the same rounds; `paired ratio` = median of the
+per-round ratios (a cross-check that is insensitive to slow drifts of the machine).
+"""
+
+NOTES = """## What the numbers say
+
+- **Every variant is at parity with its hand-written baseline** ({lo:.3f}x to {hi:.3f}x over
+  {n} measurements; targets 1.05x, RETRO 1.10x). This is structural, not luck: the
+  profiler's op counts for each zoo call and its baseline are identical except for the
+  no-op `Dropout(0.0)` and a few views (`torch.profiler`, both passes, every variant). What
+  is left is Python: {disp_lo:.0f}-{disp_hi:.0f} us per call of validation and module calls
+  (the dispatch check), under 1% of any call measured here. The ratios far from 1.00
+  belong to FiLM's ~1 ms calls, where the allocator (page faults of fresh output buffers)
+  decides more than the code does.
+- **Memory**: identical to the baseline (ratio 1.00, within 0.2 MiB) for every variant but
+  `retro`, whose forward keeps its padded copy of `x` and its attention output alive until
+  it returns (+16 MiB, 1.18x, at the RETRO shape in float32); releasing them (`del xs` after
+  the query projection, projecting the attention output without keeping it) brings it to
+  80 MiB, below the baseline's 88 (measured; proposed to the RETRO plugin's owner).
+  Time is unaffected. The cross layer's forward at N=M=16384 needs {m16:.0f} MiB above the
+  process baseline, {growth:.2f}x its N=M=4096 figure: linear, no N x M matrix (one float32
+  score matrix for 8 heads would be 8 GiB).
+- **FiLM is the cheap alternative**: {film_lo:.1%}-{film_hi:.1%} of the time of zoo
+  cross-attention at the same shapes. Its elementwise `x * gamma + beta` writes two
+  (B, N, Dq) buffers; `torch.addcmul(beta, x, gamma)` writes one and halves the forward at
+  large N (0.62 -> 0.31 ms at (1, 4096, 512), measured) — proposed to the FiLM owner; the
+  baseline keeps the plain form a user would write.
+- **GFLOP/s**: fused attention (SDPA, N=M=4096, 8 heads of 64) reaches about 70-77% of the
+  machine's float32 matmul in the same rounds, as expected for this CPU, and the zoo
+  cross layer, projections included, the same. In bfloat16 the matmul uses AMX and runs
+  ~5x faster while the CPU flash kernel gains ~3x, so attention is ~40% of matmul there.
+- **Peers**: diffusers' `Attention` (same weights, bit-identical output) took 1.06-1.20x
+  the bare layer's time in the committed run (not profiled further); x-transformers with memory
+  key/values takes an unfused path by default (3-10x; with `flash=True` it is at parity);
+  retro-pytorch's chunked cross-attention (rotary embeddings, null key/value) 1.2-2.8x.
+- **Noise**: these 2 cores were shared with other jobs; the JSON records the load average
+  at start and end. Under heavy load single ratios scatter by ±10% and OpenMP's two
+  threads stall when one is descheduled; the committed run was taken when the machine was
+  close to idle.
+"""
+
+
+def _peers_md(doc: dict) -> str:
+    lines = [
+        "## Peers (optional libraries, same shapes, interleaved with the zoo layer and the bare baseline)",
+        "",
+        f"torch {doc['torch']}, {doc['threads']} threads, size `{doc['size']}`, {doc['repeat']} rounds, medians.",
+        "",
+        "| peer | zoo variant | shape | dtype | pass | zoo ms | bare ms | peer ms | peer/bare | zoo/bare | same output |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in doc["results"]:
+        same = "-" if r["max_abs_diff"] is None else f"max diff {r['max_abs_diff']:.1e}"
+        lines.append(f"| {r['peer']} | {r['variant']} | {r['shape']} | {r['dtype']} | {r['pass']} | {r['zoo_ms']:.1f} "
+                     f"| {r['baseline_ms']:.1f} | {r['peer_ms']:.1f} | {r['peer_over_baseline']:.2f} "
+                     f"| {r['zoo_over_baseline']:.2f} | {same} |")
+    if doc.get("skipped"):
+        lines += ["", "Skipped: " + "; ".join(doc["skipped"])]
+    lines += ["", "retro-pytorch computes a different function (rotary embeddings, a learned null "
+              "key/value), so only its time is compared. It was installed with `--no-deps` "
+              "(its retrieval dependency autofaiss would downgrade numpy); `peers.py` then loads "
+              "its layer module alone."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    doc = json.loads((HERE / "results" / "cpu.json").read_text())
+    ratios = [r["ratio"] for r in doc["results"]]
+    disp = [d["overhead_us"] for d in doc["system"].get("dispatch", [])] or [0.0]
+    ms = doc["system"].get("memory_scaling", {"rows": [{"zoo_mib": 0}], "growth": 0})
+    film = [r["compare"]["ratio"] for r in doc["results"] if "compare" in r] or [0.0]
+    out = [INTRO, "## Zoo layers vs bare baselines (`zoo bench`, `results/cpu.json`)", "", to_markdown(doc)]
+    peers = HERE / "results" / "peers-cpu.json"
+    if peers.exists():
+        out.append(_peers_md(json.loads(peers.read_text())))
+    out.append(NOTES.format(lo=min(ratios), hi=max(ratios), n=len(ratios), disp_lo=min(disp), disp_hi=max(disp),
+                            m16=ms["rows"][-1]["zoo_mib"], growth=ms["growth"], film_lo=min(film), film_hi=max(film)))
+    (HERE / "RESULTS.md").write_text("\n".join(out))
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
