@@ -31,9 +31,9 @@ NOTES = """## What the numbers say
   profiler's op counts for each zoo call and its baseline are identical except for the
   no-op `Dropout(0.0)` and a few views (`torch.profiler`, both passes, every variant). What
   is left is Python: {disp_lo:.0f}-{disp_hi:.0f} us per call of validation and module calls
-  (the dispatch check), under 1% of any call measured here. The ratios far from 1.00
-  belong to FiLM's ~1 ms calls, where the allocator (page faults of fresh output buffers)
-  decides more than the code does.
+  (the dispatch check), under 1% of any call measured here. The largest ratios belong to
+  FiLM's ~1 ms calls, where the allocator (page faults of fresh output buffers) and the
+  ~7 us of dispatch weigh most.
 - **Memory**: identical to the baseline (ratio 1.00, within 0.2 MiB) for every variant but
   `retro`, whose forward keeps its padded copy of `x` and its attention output alive until
   it returns (+16 MiB, 1.18x, at the RETRO shape in float32); releasing them (`del xs` after
@@ -47,10 +47,11 @@ NOTES = """## What the numbers say
   (B, N, Dq) buffers; `torch.addcmul(beta, x, gamma)` writes one and halves the forward at
   large N (0.62 -> 0.31 ms at (1, 4096, 512), measured) — proposed to the FiLM owner; the
   baseline keeps the plain form a user would write.
-- **GFLOP/s**: fused attention (SDPA, N=M=4096, 8 heads of 64) reaches about 70-77% of the
-  machine's float32 matmul in the same rounds, as expected for this CPU, and the zoo
-  cross layer, projections included, the same. In bfloat16 the matmul uses AMX and runs
-  ~5x faster while the CPU flash kernel gains ~3x, so attention is ~40% of matmul there.
+- **GFLOP/s**: fused attention (SDPA, N=M=4096, 8 heads of 64) reaches {sdpa32:.0%} of the
+  machine's float32 matmul in the same rounds ({sdpa32p:.0%} of its best sample), about the
+  70% expected for this CPU; the zoo cross layer, projections included, {layer32:.0%}. In
+  bfloat16 the matmul uses AMX and runs {mmx:.1f}x faster than float32 while the CPU flash
+  kernel gains {sdx:.1f}x, so attention is {sdpa16:.0%} of matmul there.
 - **Peers**: diffusers' `Attention` (same weights, bit-identical output) took 1.06-1.20x
   the bare layer's time in the committed run (not profiled further); x-transformers with memory
   key/values takes an unfused path by default (3-10x; with `flash=True` it is at parity);
@@ -95,8 +96,14 @@ def main() -> None:
     peers = HERE / "results" / "peers-cpu.json"
     if peers.exists():
         out.append(_peers_md(json.loads(peers.read_text())))
+    g = doc["system"]["gflops"]
+    f32, b16 = g["float32"], g["bfloat16"]
     out.append(NOTES.format(lo=min(ratios), hi=max(ratios), n=len(ratios), disp_lo=min(disp), disp_hi=max(disp),
-                            m16=ms["rows"][-1]["zoo_mib"], growth=ms["growth"], film_lo=min(film), film_hi=max(film)))
+                            m16=ms["rows"][-1]["zoo_mib"], growth=ms["growth"], film_lo=min(film), film_hi=max(film),
+                            sdpa32=f32["sdpa_fraction_of_matmul"], sdpa32p=f32["sdpa_fraction_of_peak"],
+                            layer32=f32["layer_fraction_of_matmul"], sdpa16=b16["sdpa_fraction_of_matmul"],
+                            mmx=b16["matmul_median_gflops"] / f32["matmul_median_gflops"],
+                            sdx=b16["sdpa_gflops"] / f32["sdpa_gflops"]))
     (HERE / "RESULTS.md").write_text("\n".join(out))
     print(f"wrote {HERE / 'RESULTS.md'}")
 
