@@ -34,7 +34,7 @@ NOTES = """## What the numbers say
   (the dispatch check), under 1% of any call measured here. The largest ratios belong to
   FiLM's ~1 ms calls, where the allocator (page faults of fresh output buffers) and the
   ~7 us of dispatch weigh most.
-- **Memory**: identical to the baseline (ratio 1.00, within 0.2 MiB) for every variant but
+- **Memory**: identical to the baseline (within {memdiff:.1f} MiB) for every variant but
   `retro`, whose forward keeps its padded copy of `x` and its attention output alive until
   it returns (+16 MiB, 1.18x, at the RETRO shape in float32); releasing them (`del xs` after
   the query projection, projecting the attention output without keeping it) brings it to
@@ -52,10 +52,10 @@ NOTES = """## What the numbers say
   70% expected for this CPU; the zoo cross layer, projections included, {layer32:.0%}. In
   bfloat16 the matmul uses AMX and runs {mmx:.1f}x faster than float32 while the CPU flash
   kernel gains {sdx:.1f}x, so attention is {sdpa16:.0%} of matmul there.
-- **Peers**: diffusers' `Attention` (same weights, bit-identical output) took 1.06-1.20x
-  the bare layer's time in the committed run (not profiled further); x-transformers with memory
-  key/values takes an unfused path by default (3-10x; with `flash=True` it is at parity);
-  retro-pytorch's chunked cross-attention (rotary embeddings, null key/value) 1.2-2.8x.
+- **Peers** (`peers-cpu.json`, peer time / bare time): {peers}.
+  x-transformers with memory key/values takes an unfused path by default (the score
+  matrix is materialised); with `flash=True` it is at parity. retro-pytorch adds rotary
+  embeddings and a null key/value, so part of its cost is a different computation.
 - **Noise**: these 2 cores were shared with other jobs; the JSON records the load average
   at start and end. Under heavy load single ratios scatter by ±10% and OpenMP's two
   threads stall when one is descheduled; the committed run was taken when the machine was
@@ -96,10 +96,18 @@ def main() -> None:
     peers = HERE / "results" / "peers-cpu.json"
     if peers.exists():
         out.append(_peers_md(json.loads(peers.read_text())))
+    memdiff = max((abs(m["zoo_mib"] - m["baseline_mib"]) for m in doc["memory"] if m["variant"] != "retro"),
+                  default=0.0)
     g = doc["system"]["gflops"]
     f32, b16 = g["float32"], g["bfloat16"]
-    out.append(NOTES.format(lo=min(ratios), hi=max(ratios), n=len(ratios), disp_lo=min(disp), disp_hi=max(disp),
-                            m16=ms["rows"][-1]["zoo_mib"], growth=ms["growth"], film_lo=min(film), film_hi=max(film),
+    peers_txt = "no peers run"
+    if peers.exists():
+        spans: dict = {}
+        for r in json.loads(peers.read_text())["results"]:
+            spans.setdefault(r["peer"], []).append(r["peer_over_baseline"])
+        peers_txt = "; ".join(f"{k} {min(v):.2f}-{max(v):.2f}x" for k, v in spans.items())
+    out.append(NOTES.format(peers=peers_txt, lo=min(ratios), hi=max(ratios), n=len(ratios), disp_lo=min(disp), disp_hi=max(disp),
+                            m16=ms["rows"][-1]["zoo_mib"], growth=ms["growth"], film_lo=min(film), film_hi=max(film), memdiff=memdiff,
                             sdpa32=f32["sdpa_fraction_of_matmul"], sdpa32p=f32["sdpa_fraction_of_peak"],
                             layer32=f32["layer_fraction_of_matmul"], sdpa16=b16["sdpa_fraction_of_matmul"],
                             mmx=b16["matmul_median_gflops"] / f32["matmul_median_gflops"],
