@@ -131,7 +131,11 @@ class FiLM(nn.Module):
         gamma, beta = self.to_scale_shift(self.pool(context, context_mask)).unsqueeze(1).chunk(2, dim=-1)
         if self.residual:
             gamma = gamma + 1.0
-        return x * gamma + beta
+        if torch.is_grad_enabled() and (x.requires_grad or gamma.requires_grad):
+            # Training: autograd's backward of the plain expression is the cheaper one
+            # (addcmul's backward adds a full-size pass); measured with `zoo bench film`.
+            return x * gamma + beta
+        return torch.addcmul(beta, x, gamma)  # inference: one pass over (B, N, Dq), no temporary
 
 
 def reference(module: FiLM, x: Tensor, context: Tensor, *, context_mask=None) -> Tensor:
