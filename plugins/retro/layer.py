@@ -189,8 +189,10 @@ class ChunkedCrossAttention(MultiHeadBase):
         kk = self.to_k(ctx).view(b * l, k * r, h, -1).transpose(1, 2)  # (B*L, h, K*R, d)
         vv = self.to_v(ctx).view(b * l, k * r, h, -1).transpose(1, 2)
         mask = None if context_mask is None else context_mask.reshape(b * l, k * r)
-        att = attend(q, kk, vv, mask).transpose(1, 2).reshape(b, l * m, -1)  # (B, L*m, h*d)
-        out = self.to_out[1](self.to_out[0](att))
+        att = attend(q, kk, vv, mask)  # (B*L, h, m, d)
+        del q, kk, vv  # release the projections before the output projection (peak memory)
+        out = self.to_out[1](self.to_out[0](att.transpose(1, 2).reshape(b, l * m, -1)))  # (B, L*m, Dq)
+        del att
         # Shift back right: rows p < m - 1 are exactly zero (bias included); drop the padding.
         return F.pad(out[:, :rows], (0, 0, m - 1, 0))
 

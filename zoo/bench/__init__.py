@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shapes", default="sd,long,retro",
                         help="comma-separated shapes: sd, long, retro (default: %(default)s)")
     parser.add_argument("--repeat", type=int, default=None,
-                        help="interleaved rounds per measurement (default: 11, 3 with --quick)")
+                        help="interleaved rounds per measurement (default: 21, 3 with --quick)")
     parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                         help="cheap measurements take more rounds (up to 4x --repeat) to fill about this "
                              "many seconds (default: 4, 0.5 with --quick)")

@@ -94,7 +94,7 @@ def bench(
     dtypes: tuple[str, ...] = ("float32", "bfloat16"),
     shapes: tuple[str, ...] = ("sd", "long", "retro"),
     passes: tuple[str, ...] = PASSES,
-    repeat: int = 11,
+    repeat: int = 21,
     budget_s: float = 4.0,
     memory: bool = True,
     isolate_memory: bool = True,
@@ -269,7 +269,7 @@ def main(args) -> int:
     size = "quick" if args.quick and args.size == "full" else args.size
     for s in shapes:
         shape_for(size, s)
-    repeat = args.repeat or {"full": 11, "quick": 3, "tiny": 3}[size]
+    repeat = args.repeat or {"full": 21, "quick": 3, "tiny": 3}[size]
     budget = args.budget if args.budget is not None else {"full": 4.0, "quick": 0.5, "tiny": 0.1}[size]
     doc = bench(args.names or None, size=size, dtypes=dtypes, shapes=shapes, repeat=repeat, budget_s=budget,
                 memory=not args.no_memory, isolate_memory=size == "full", system_checks=not args.no_system, device=args.device,
