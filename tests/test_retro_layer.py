@@ -198,7 +198,7 @@ def test_zoo_check_retro_passes():
 
 
 def _bad_cases():
-    b, n, m = 2, 9, 4
+    b, n = 2, 9
     x = torch.randn(b, n, 16, dtype=torch.float64)
     ctx = torch.randn(b, 2, 2, 3, 12, dtype=torch.float64)
     mask = torch.ones(b, 2, 2, 3, dtype=torch.bool)

@@ -6,7 +6,6 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 from pathlib import Path
 
 import torch
@@ -148,7 +147,7 @@ def bench(
                 module.train(p != "fwd")
                 fns = {
                     "zoo": workload(module, params, x, c, p),
-                    "bare": workload(lambda a, b: bare_fn(module, a, b), params, x, c, p),
+                    "bare": workload(lambda a, b, m=module, f=bare_fn: f(m, a, b), params, x, c, p),
                 }
                 s = interleaved(fns, repeat=repeat, warmup=1, device=device, budget_s=budget_s,
                                 max_repeat=4 * repeat,
