@@ -14,14 +14,8 @@ from torch import Tensor, nn
 import zoo
 from zoo.functional import attend, split_heads
 
-from attention_zoo_plugins._common import (
-    MultiHeadBase,
-    MultiHeadFields,
-    heads_merge,
-    heads_view,
-    linear,
-    naive_attention,
-)
+from zoo.nn import MultiHeadBase, MultiHeadFields
+from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 
 
 class CrossConfig(MultiHeadFields):
@@ -57,11 +51,11 @@ class CrossAttention(MultiHeadBase):
     """
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
-        context = self._check_sequence_context(x, context, context_mask)
+        context = self.check_context(x, context, context_mask)
         q = split_heads(self.to_q(x), self.heads)
         k = split_heads(self.to_k(context), self.heads)
         v = split_heads(self.to_v(context), self.heads)
-        return self._project_out(attend(q, k, v, context_mask))  # mask (B, M): shared by heads
+        return self.project_out(attend(q, k, v, context_mask))  # mask (B, M): shared by heads
 
 
 def reference(module: CrossAttention, x: Tensor, context: Tensor | None = None, *, context_mask=None) -> Tensor:

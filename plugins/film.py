@@ -27,7 +27,7 @@ from torch import Tensor, nn
 import zoo
 from zoo.functional import validate_mask, validate_same_batch, validate_tensor
 
-from attention_zoo_plugins._common import linear
+from zoo.oracle import linear
 
 
 class FiLMConfig(zoo.VariantConfig):

@@ -25,14 +25,8 @@ from torch import Tensor, nn
 import zoo
 from zoo.functional import attend, split_heads
 
-from attention_zoo_plugins._common import (
-    MultiHeadBase,
-    MultiHeadFields,
-    heads_merge,
-    heads_view,
-    linear,
-    naive_attention,
-)
+from zoo.nn import MultiHeadBase, MultiHeadFields
+from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 
 
 class PersistentConfig(MultiHeadFields):
@@ -188,7 +182,7 @@ class PersistentMemoryAttention(MultiHeadBase):
 
     def _check(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
         if self.memory_only:
-            self._check_x(x)
+            self.check_x(x)
             if context is not None:
                 raise ValueError(
                     f"this persistent layer has memory_only=True: it attends to its memory alone and "
@@ -201,7 +195,7 @@ class PersistentMemoryAttention(MultiHeadBase):
                     "context_mask must be None"
                 )
             return x
-        return self._check_sequence_context(x, context, context_mask)
+        return self.check_context(x, context, context_mask)
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
         context = self._check(x, context, context_mask)
@@ -222,7 +216,7 @@ class PersistentMemoryAttention(MultiHeadBase):
                 if mask is not None:
                     always = mask.new_ones(b, self.num_memory)
                     mask = torch.cat([always, mask], dim=1)
-        return self._project_out(attend(q, k, v, mask))
+        return self.project_out(attend(q, k, v, mask))
 
 
 def reference(module: PersistentMemoryAttention, x: Tensor, context: Tensor | None = None, *,

@@ -16,14 +16,8 @@ from torch import Tensor
 import zoo
 from zoo.functional import attend, split_heads, validate_mask
 
-from attention_zoo_plugins._common import (
-    MultiHeadBase,
-    MultiHeadFields,
-    heads_merge,
-    heads_view,
-    linear,
-    naive_attention,
-)
+from zoo.nn import MultiHeadBase, MultiHeadFields
+from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 
 
 class SelfDocConfig(MultiHeadFields):
@@ -88,7 +82,7 @@ class SelfDocAttention(MultiHeadBase):
         super().__init__(query_dim, context_dim, heads, dim_head, bias, out_bias, dropout, value_dim=query_dim)
 
     def _check(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
-        context = self._check_sequence_context(x, context, None, length="N")
+        context = self.check_context(x, context, None, length="N")
         _validate_equal_lengths(x, context)
         if context_mask is not None:
             validate_mask("context_mask", context_mask, context.shape[:-1], "(B, N): one flag per aligned block ")
@@ -99,7 +93,7 @@ class SelfDocAttention(MultiHeadBase):
         q = split_heads(self.to_q(x), self.heads)
         k = split_heads(self.to_k(context), self.heads)
         v = split_heads(self.to_v(x), self.heads)
-        return self._project_out(attend(q, k, v, context_mask))
+        return self.project_out(attend(q, k, v, context_mask))
 
 
 def _validate_equal_lengths(x: Tensor, context: Tensor) -> None:

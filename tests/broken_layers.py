@@ -24,7 +24,7 @@ class Sound(CrossAttention):
     """``cross`` again, in steps a broken subclass can override (a control: passes all)."""
 
     def validate(self, x, context, context_mask):
-        return self._check_sequence_context(x, context, context_mask)
+        return self.check_context(x, context, context_mask)
 
     def project(self, x, c):
         return (split_heads(self.to_q(x), self.heads), split_heads(self.to_k(c), self.heads),

@@ -94,7 +94,7 @@ def test_finite_output_or_documented_error(name, data):
 
 def test_property_fails_when_validation_is_removed(monkeypatch):
     """The property test catches a layer whose input validation was taken out."""
-    import attention_zoo_plugins._common as common
+    import zoo.nn as common
 
     monkeypatch.setattr(common, "validate_tensor", lambda name, t, **kw: t)
     monkeypatch.setattr(common, "validate_same_batch", lambda x, c: None)

@@ -85,7 +85,7 @@ def test_mask_removes_the_whole_block(layer):
     torch.testing.assert_close(layer(x, c2, context_mask=mask), out)
     # the output equals attention over the other five blocks only (queries stay all six)
     keep = [0, 1, 3, 4, 5]
-    from attention_zoo_plugins._common import heads_merge, heads_view, linear, naive_attention
+    from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 
     q = heads_view(linear(x, layer.to_q), 4)
     k = heads_view(linear(c[:, keep], layer.to_k), 4)

@@ -25,14 +25,8 @@ from torch import Tensor
 import zoo
 from zoo.functional import attend, validate_mask, validate_tensor
 
-from attention_zoo_plugins._common import (
-    MultiHeadBase,
-    MultiHeadFields,
-    heads_merge,
-    heads_view,
-    linear,
-    naive_attention,
-)
+from zoo.nn import MultiHeadBase, MultiHeadFields
+from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 
 __all__ = ["RetroConfig", "ChunkedCrossAttention", "reference", "make_inputs", "SPEC"]
 
@@ -131,7 +125,7 @@ class ChunkedCrossAttention(MultiHeadBase):
     def _check(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> None:
         w = self.to_q.weight
         m = self.chunk_size
-        self._check_x(x)
+        self.check_x(x)
         b, n, _ = x.shape
         legend = f"(B={b}, L=N//chunk_size={n // m}, K, R, context_dim={self.context_dim})"
         if context is None:

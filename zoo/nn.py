@@ -1,16 +1,48 @@
-"""Pieces the built-in multi-head variants share: config fields and the naive oracle."""
+"""Building blocks for variant authors: config fields, a multi-head base, the fused path.
+
+A new multi-head variant is a config that subclasses :class:`MultiHeadFields`, a
+layer that subclasses :class:`MultiHeadBase` and a ``forward`` of a few lines::
+
+    class MyConfig(MultiHeadFields):
+        variant: Literal["my-attention"] = "my-attention"
+
+    class MyAttention(MultiHeadBase):
+        def forward(self, x, context=None, *, context_mask=None):
+            context = self.check_context(x, context, context_mask)
+            q = split_heads(self.to_q(x), self.heads)
+            k = split_heads(self.to_k(context), self.heads)
+            v = split_heads(self.to_v(context), self.heads)
+            return self.project_out(attend(q, k, v, context_mask))
+
+The base validates inputs with clear ``ValueError`` messages and uses diffusers'
+parameter names; :func:`attend` is the fused path with the zoo's zero-row rule.
+"""
 
 from __future__ import annotations
 
-import math
-
-import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from zoo.functional import merge_heads, validate_mask, validate_same_batch, validate_tensor
+from zoo.config import VariantConfig
+from zoo.functional import (
+    attend,
+    merge_heads,
+    split_heads,
+    validate_mask,
+    validate_same_batch,
+    validate_tensor,
+)
 
-from zoo import VariantConfig
+__all__ = [
+    "MultiHeadFields",
+    "MultiHeadBase",
+    "attend",
+    "split_heads",
+    "merge_heads",
+    "validate_tensor",
+    "validate_mask",
+    "validate_same_batch",
+]
 
 
 class MultiHeadFields(VariantConfig):
@@ -27,45 +59,6 @@ class MultiHeadFields(VariantConfig):
     dropout: float = Field(
         0.0, ge=0.0, lt=1.0, description="Dropout on the output projection (training only)."
     )
-
-
-def naive_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
-    """Textbook softmax attention, materialising the score matrix (for oracles only).
-
-    ``q (..., h, N, d)``, ``k (..., h, M, d)``, ``v (..., h, M, dv)``, ``key_mask (..., M)``.
-    Rows with nothing to attend give exactly zero.
-    """
-    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    if key_mask is not None:
-        m = key_mask[..., None, None, :]
-        scores = scores.masked_fill(~m, float("-inf"))
-        empty = ~key_mask.any(-1)[..., None, None, None]
-        scores = scores.masked_fill(empty, 0.0)
-    probs = torch.softmax(scores, dim=-1)
-    out = probs @ v
-    if key_mask is not None:
-        out = out.masked_fill(empty, 0.0)
-    return out
-
-
-def heads_view(t: Tensor, heads: int) -> Tensor:
-    """``(..., L, h*d) -> (..., h, L, d)`` for the oracles (any number of leading dims)."""
-    *lead, n, hd = t.shape
-    return t.reshape(*lead, n, heads, hd // heads).transpose(-2, -3)
-
-
-def heads_merge(t: Tensor) -> Tensor:
-    """``(..., h, L, d) -> (..., L, h*d)``."""
-    *lead, h, n, d = t.shape
-    return t.transpose(-2, -3).reshape(*lead, n, h * d)
-
-
-def linear(x: Tensor, layer: torch.nn.Linear) -> Tensor:
-    """``x W^T + b`` written out, so oracles never call a module's forward."""
-    out = x @ layer.weight.transpose(0, 1)
-    if layer.bias is not None:
-        out = out + layer.bias
-    return out
 
 
 class MultiHeadBase(nn.Module):
@@ -105,15 +98,15 @@ class MultiHeadBase(nn.Module):
             self.to_k = self.to_v = None
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(dropout)])
 
-    def _check_x(self, x: Tensor) -> None:
+    def check_x(self, x: Tensor) -> None:
         validate_tensor("x", x, ndim=3, last_dim=self.query_dim, like=self.to_q.weight,
                         legend=f"(B, N, query_dim={self.query_dim})")
 
-    def _check_sequence_context(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None,
+    def check_context(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None,
                                 *, length: str = "M") -> Tensor:
         """Check ``x`` and a ``(B, length, Dc)`` context (``None``: self-attention over x)
         and its mask; return the tensor keys are computed from."""
-        self._check_x(x)
+        self.check_x(x)
         if context is None:
             if self.context_dim != self.query_dim:
                 raise ValueError(
@@ -129,6 +122,6 @@ class MultiHeadBase(nn.Module):
             validate_mask("context_mask", context_mask, context.shape[:-1])
         return context
 
-    def _project_out(self, heads_out: Tensor) -> Tensor:
+    def project_out(self, heads_out: Tensor) -> Tensor:
         """``(B, h, N, d)`` attention result -> output projection and dropout."""
         return self.to_out[1](self.to_out[0](merge_heads(heads_out)))
