@@ -6,8 +6,8 @@ corpus shipped with the ``retro`` plugin, in a few seconds on two CPU cores:
 
 1. **Build the database**: the corpus (26 short documents) is tokenised into
    UTF-8 bytes, cut into chunks of ``m = 64`` tokens, embedded by a frozen
-   embedder (dependency-free n-gram hashing by default; ``--embedder minilm``
-   uses the frozen all-MiniLM-L6-v2 sentence encoder if ``attention-zoo[minilm]``
+   embedder (dependency-free character n-gram hashing by default: spelling, not meaning; ``--embedder minilm``
+   uses the frozen all-MiniLM-L6-v2 sentence encoder if ``attention-zoo[retro]``
    is installed) and indexed with FAISS (exact flat index: the corpus is small).
    It is saved to a temporary directory and loaded back, as a training job would.
 2. **Retrieve**: for a batch of ``B = 4`` sequences of ``N = 288`` tokens (4 full
