@@ -1,21 +1,25 @@
 """Building blocks for variant authors: config fields, a multi-head base, the fused path.
 
-A new multi-head variant is a config that subclasses :class:`MultiHeadFields`, a
-layer that subclasses :class:`MultiHeadBase` and a ``forward`` of a few lines::
+A new multi-head variant is a config that subclasses [`MultiHeadFields`][zoo.nn.MultiHeadFields],
+a layer that subclasses [`MultiHeadBase`][zoo.nn.MultiHeadBase] and a ``forward`` of a
+few lines (``examples/fifty_lines.py`` is a complete one, oracle, spec and hook included):
 
-    class MyConfig(MultiHeadFields):
-        variant: Literal["my-attention"] = "my-attention"
+```python
+class MyConfig(MultiHeadFields):
+    variant: Literal["my-attention"] = "my-attention"
 
-    class MyAttention(MultiHeadBase):
-        def forward(self, x, context=None, *, context_mask=None):
-            context = self.check_context(x, context, context_mask)
-            q = split_heads(self.to_q(x), self.heads)
-            k = split_heads(self.to_k(context), self.heads)
-            v = split_heads(self.to_v(context), self.heads)
-            return self.project_out(attend(q, k, v, context_mask))
+class MyAttention(MultiHeadBase):
+    def forward(self, x, context=None, *, context_mask=None):
+        context = self.check_context(x, context, context_mask)
+        q = split_heads(self.to_q(x), self.heads)
+        k = split_heads(self.to_k(context), self.heads)
+        v = split_heads(self.to_v(context), self.heads)
+        return self.project_out(attend(q, k, v, context_mask))
+```
 
 The base validates inputs with clear ``ValueError`` messages and uses diffusers'
-parameter names; :func:`attend` is the fused path with the zoo's zero-row rule.
+parameter names; ``attend`` (re-exported from [`zoo.functional`][zoo.functional]) is
+the fused path with the zoo's rule for a query with nothing to attend (exactly zero).
 """
 
 from __future__ import annotations
@@ -46,7 +50,13 @@ __all__ = [
 
 
 class MultiHeadFields(VariantConfig):
-    """Fields of diffusers' ``Attention(query_dim, cross_attention_dim, heads, dim_head, ...)``."""
+    """The config fields of a multi-head variant, named as diffusers' ``Attention`` arguments.
+
+    Subclass it and add ``variant: Literal["<name>"]`` (and any field of your own);
+    every field has a default, a constraint and a description (shown by the catalog
+    and ``zoo schema``). Its field names are :class:`MultiHeadBase`'s arguments, so
+    ``MultiHeadBase`` subclasses are built from the config as they are.
+    """
 
     query_dim: int = Field(64, gt=0, description="Width of x, the queries (Dq).")
     context_dim: int | None = Field(
@@ -62,16 +72,27 @@ class MultiHeadFields(VariantConfig):
 
 
 class MultiHeadBase(nn.Module):
-    """Parameters and input checks shared by the built-in multi-head variants.
+    """Parameters and input checks shared by multi-head variants (built-in or not).
 
     Builds diffusers' ``Attention`` parameter names: ``to_q``, ``to_k``, ``to_v`` and
-    ``to_out = [Linear, Dropout]``, so checkpoints move between the libraries.
+    ``to_out = [Linear, Dropout]``, so checkpoints move between the libraries. A
+    subclass writes ``forward`` with :meth:`check_context`, the projections,
+    ``attend`` and :meth:`project_out`.
 
     Args:
-        query_dim, context_dim, heads, dim_head, bias, out_bias, dropout: as
-            :class:`MultiHeadFields`.
-        value_dim: input width of ``to_v`` (default: ``context_dim``; SelfDoc reads x).
-        key_value: build ``to_k``/``to_v`` (False: they are ``None``, e.g. memory only).
+        query_dim: width of ``x`` (Dq).
+        context_dim: width of the context (Dc); ``None`` means ``query_dim``.
+        heads: number of heads (h).
+        dim_head: width of each head (d); the inner width is ``h * d``.
+        bias: bias in the q/k/v projections.
+        out_bias: bias in the output projection.
+        dropout: dropout after the output projection (training only).
+        value_dim: input width of ``to_v`` (default: ``context_dim``; e.g. values read from x).
+        key_value: build ``to_k``/``to_v`` (False: they are ``None``, for a variant
+            that projects keys and values its own way).
+
+    Attributes:
+        query_dim, context_dim, heads, dim_head: the sizes above (``context_dim`` resolved).
     """
 
     def __init__(
@@ -89,6 +110,7 @@ class MultiHeadBase(nn.Module):
     ) -> None:
         super().__init__()
         self.query_dim, self.context_dim, self.heads = query_dim, context_dim or query_dim, heads
+        self.dim_head = dim_head
         inner = heads * dim_head
         self.to_q = nn.Linear(query_dim, inner, bias=bias)
         if key_value:
@@ -99,13 +121,32 @@ class MultiHeadBase(nn.Module):
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim, bias=out_bias), nn.Dropout(dropout)])
 
     def check_x(self, x: Tensor) -> None:
+        """Check that ``x`` is a floating ``(B, N, query_dim)`` tensor on the weights' device and dtype.
+
+        Raises:
+            ValueError: wrong rank, width, device or dtype, or an empty tensor.
+            TypeError: not a floating-point tensor.
+        """
         validate_tensor("x", x, ndim=3, last_dim=self.query_dim, like=self.to_q.weight,
                         legend=f"(B, N, query_dim={self.query_dim})")
 
     def check_context(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None,
                                 *, length: str = "M") -> Tensor:
-        """Check ``x`` and a ``(B, length, Dc)`` context (``None``: self-attention over x)
-        and its mask; return the tensor keys are computed from."""
+        """Check ``x``, the context and its mask; return the tensor keys are computed from.
+
+        Args:
+            x: queries ``(B, N, query_dim)``.
+            context: ``(B, length, context_dim)``, or ``None`` for self-attention over
+                ``x`` (allowed only when ``context_dim == query_dim``).
+            context_mask: optional bool ``(B, length)``, True = may be attended.
+            length: the context length's letter in error messages.
+
+        Returns:
+            ``context``, or ``x`` when it is ``None``.
+
+        Raises:
+            ValueError: naming the argument, what was expected and what came.
+        """
         self.check_x(x)
         if context is None:
             if self.context_dim != self.query_dim:
@@ -123,5 +164,8 @@ class MultiHeadBase(nn.Module):
         return context
 
     def project_out(self, heads_out: Tensor) -> Tensor:
-        """``(B, h, N, d)`` attention result -> output projection and dropout."""
+        """Merge heads and project: ``(B, h, N, d)`` attention result -> ``(B, N, query_dim)``.
+
+        Applies ``to_out[0]`` (the output projection) then ``to_out[1]`` (dropout).
+        """
         return self.to_out[1](self.to_out[0](merge_heads(heads_out)))

@@ -6,15 +6,18 @@ plain: they materialise the score matrix and apply the zoo's rule for a query
 with nothing to attend (an attention term of exactly zero) the obvious way, so
 they can serve as an independent check of the fused path.
 
-Example::
+The oracle of a [`zoo.nn.MultiHeadBase`][zoo.nn.MultiHeadBase] layer with plain
+multi-head attention:
 
-    from zoo.oracle import heads_merge, heads_view, linear, naive_attention
+```python
+from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 
-    def reference(module, x, context=None, *, context_mask=None):
-        c = x if context is None else context
-        q, k, v = (heads_view(linear(t, lin), module.heads)
-                   for t, lin in ((x, module.to_q), (c, module.to_k), (c, module.to_v)))
-        return linear(heads_merge(naive_attention(q, k, v, context_mask)), module.to_out[0])
+def reference(module, x, context=None, *, context_mask=None):
+    c = x if context is None else context
+    q, k, v = (heads_view(linear(t, lin), module.heads)
+               for t, lin in ((x, module.to_q), (c, module.to_k), (c, module.to_v)))
+    return linear(heads_merge(naive_attention(q, k, v, context_mask)), module.to_out[0])
+```
 """
 
 from __future__ import annotations
@@ -30,8 +33,17 @@ __all__ = ["naive_attention", "heads_view", "heads_merge", "linear"]
 def naive_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
     """Textbook softmax attention, materialising the score matrix (for oracles only).
 
-    ``q (..., h, N, d)``, ``k (..., h, M, d)``, ``v (..., h, M, dv)``, ``key_mask (..., M)``.
-    Rows with nothing to attend give exactly zero.
+    Args:
+        q: queries ``(..., h, N, d)``.
+        k: keys ``(..., h, M, d)`` (any dim broadcasting against ``q``'s, e.g. one
+            shared head ``(..., 1, M, d)``).
+        v: values ``(..., h, M, dv)``.
+        key_mask: optional bool ``(..., M)``, True = may be attended; the same for
+            every head and query.
+
+    Returns:
+        ``(..., h, N, dv)``; a query whose keys are all masked gets exactly zero
+        (the zoo's rule, never NaN).
     """
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if key_mask is not None:
@@ -47,19 +59,32 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = N
 
 
 def heads_view(t: Tensor, heads: int) -> Tensor:
-    """``(..., L, h*d) -> (..., h, L, d)`` for the oracles (any number of leading dims)."""
+    """Split heads: ``(..., L, h*d) -> (..., h, L, d)`` (any number of leading dims).
+
+    Args:
+        t: a projection's output, heads side by side in the last axis.
+        heads: the number of heads (h); must divide the last axis.
+    """
     *lead, n, hd = t.shape
+    if hd % heads:
+        raise ValueError(f"heads_view: the last axis ({hd}) must be heads * dim_head, but heads={heads} "
+                         f"does not divide it; pass the layer's own number of heads")
     return t.reshape(*lead, n, heads, hd // heads).transpose(-2, -3)
 
 
 def heads_merge(t: Tensor) -> Tensor:
-    """``(..., h, L, d) -> (..., L, h*d)``."""
+    """Merge heads, the inverse of :func:`heads_view`: ``(..., h, L, d) -> (..., L, h*d)``."""
     *lead, h, n, d = t.shape
     return t.transpose(-2, -3).reshape(*lead, n, h * d)
 
 
 def linear(x: Tensor, layer: torch.nn.Linear) -> Tensor:
-    """``x W^T + b`` written out, so oracles never call a module's forward."""
+    """``x W^T + b`` with ``layer``'s parameters, written out so oracles never call its forward.
+
+    Args:
+        x: ``(..., in_features)``.
+        layer: the ``torch.nn.Linear`` whose weight (and bias, if any) to apply.
+    """
     out = x @ layer.weight.transpose(0, 1)
     if layer.bias is not None:
         out = out + layer.bias

@@ -13,15 +13,15 @@ hook that registers them. ``pyproject.toml`` names it under the entry-point grou
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 import zoo
-from zoo.functional import attend, merge_heads, split_heads, validate_mask, validate_same_batch, validate_tensor
+from zoo.nn import MultiHeadBase, attend, split_heads
+from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 
 __all__ = ["GatedCrossAttention", "GatedCrossConfig", "SPEC", "reference", "zoo_register_variants"]
 
@@ -37,8 +37,11 @@ class GatedCrossConfig(zoo.VariantConfig):
     gate_init: float = Field(0.0, description="Initial gate alpha; 0 makes the block the identity at start.")
 
 
-class GatedCrossAttention(nn.Module):
+class GatedCrossAttention(MultiHeadBase):
     """Cross-attention added to ``x`` through a tanh gate: ``y = x + tanh(alpha) * attn(x, c)``.
+
+    :class:`zoo.nn.MultiHeadBase` builds diffusers' parameters (``to_q``, ``to_k``,
+    ``to_v``, ``to_out.0``) and checks the inputs; this class adds the gate.
 
     Args:
         query_dim: width of ``x`` (Dq).
@@ -56,59 +59,28 @@ class GatedCrossAttention(nn.Module):
 
     def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8,
                  dim_head: int = 64, gate_init: float = 0.0) -> None:
-        super().__init__()
-        self.query_dim, self.context_dim, self.heads = query_dim, context_dim or query_dim, heads
-        inner = heads * dim_head
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(self.context_dim, inner, bias=False)
-        self.to_v = nn.Linear(self.context_dim, inner, bias=False)
-        self.to_out = nn.Linear(inner, query_dim)
-        self.attn_gate = nn.Parameter(torch.tensor(float(gate_init)))
-
-    def _validate(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
-        w = self.to_q.weight
-        validate_tensor("x", x, ndim=3, last_dim=self.query_dim, like=w, legend=f"(B, N, query_dim={self.query_dim})")
-        if context is None:
-            if self.context_dim != self.query_dim:
-                raise ValueError(f"context is None but context_dim={self.context_dim} differs from "
-                                 f"query_dim={self.query_dim}; pass a context of width {self.context_dim}")
-            context = x
-        else:
-            validate_tensor("context", context, ndim=3, last_dim=self.context_dim, like=w,
-                            legend=f"(B, M, context_dim={self.context_dim})")
-            validate_same_batch(x, context)
-        if context_mask is not None:
-            validate_mask("context_mask", context_mask, context.shape[:-1])
-        return context
+        super().__init__(query_dim, context_dim, heads, dim_head)
+        self.attn_gate = torch.nn.Parameter(torch.tensor(float(gate_init)))
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
-        context = self._validate(x, context, context_mask)
+        context = self.check_context(x, context, context_mask)  # clear ValueError on bad input
         q = split_heads(self.to_q(x), self.heads)
         k = split_heads(self.to_k(context), self.heads)
         v = split_heads(self.to_v(context), self.heads)
-        attended = self.to_out(merge_heads(attend(q, k, v, context_mask)))  # mask (B, M): every head
+        attended = self.project_out(attend(q, k, v, context_mask))  # mask (B, M): every head
         return x + torch.tanh(self.attn_gate) * attended
 
 
 def reference(module: GatedCrossAttention, x: Tensor, context: Tensor | None = None, *,
               context_mask: Tensor | None = None) -> Tensor:
-    """The harness's oracle: the same maths written out, never calling ``forward``."""
-    c = x if context is None else context
-    h = module.heads
+    """The harness's oracle: the same maths written out, never calling ``forward``.
 
-    def heads_of(t: Tensor, lin: nn.Linear) -> Tensor:  # (B, L, h*d) -> (B, h, L, d)
-        return (t @ lin.weight.T).unflatten(-1, (h, -1)).transpose(1, 2)
-
-    q, k, v = heads_of(x, module.to_q), heads_of(c, module.to_k), heads_of(c, module.to_v)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if context_mask is not None:
-        keep = context_mask[:, None, None, :]
-        empty = ~context_mask.any(-1)[:, None, None, None]  # nothing to attend: term is 0
-        scores = scores.masked_fill(~keep, float("-inf")).masked_fill(empty, 0.0)
-    out = torch.softmax(scores, dim=-1) @ v
-    if context_mask is not None:
-        out = out.masked_fill(empty, 0.0)
-    attended = out.transpose(1, 2).flatten(-2) @ module.to_out.weight.T + module.to_out.bias
+    :func:`zoo.oracle.naive_attention` materialises the scores and gives a query with
+    nothing to attend an attention term of exactly zero, the zoo's rule.
+    """
+    c, h = (x if context is None else context), module.heads
+    q, k, v = (heads_view(linear(t, lin), h) for t, lin in ((x, module.to_q), (c, module.to_k), (c, module.to_v)))
+    attended = linear(heads_merge(naive_attention(q, k, v, context_mask)), module.to_out[0])
     return x + torch.tanh(module.attn_gate) * attended
 
 
@@ -126,9 +98,7 @@ def _law_gated_cross(spec, fields, generator):
     layer = zoo.create(spec, **fields).double().eval()
     cross = zoo.create("cross", query_dim=layer.query_dim, context_dim=layer.context_dim, heads=layer.heads,
                        dim_head=layer.to_q.out_features // layer.heads).double().eval()
-    state = {f"to_{n}.weight": getattr(layer, f"to_{n}").weight for n in "qkv"}
-    state |= {"to_out.0.weight": layer.to_out.weight, "to_out.0.bias": layer.to_out.bias}
-    cross.load_state_dict(state)
+    cross.load_state_dict({k: v for k, v in layer.state_dict().items() if k != "attn_gate"})  # same names
     x = torch.randn(2, 5, layer.query_dim, generator=generator, dtype=torch.float64)
     c = torch.randn(2, 7, layer.context_dim, generator=generator, dtype=torch.float64)
     with torch.no_grad():

@@ -3,15 +3,13 @@ would write it, with its own naive oracle. Registers through the ``zoo`` entry p
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
-import torch
 from pydantic import Field
-from torch import nn
 
 import zoo
-from zoo.functional import attend, validate_mask, validate_same_batch, validate_tensor
+from zoo.nn import MultiHeadBase, attend, split_heads
+from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 
 
 class DotConfig(zoo.VariantConfig):
@@ -21,37 +19,24 @@ class DotConfig(zoo.VariantConfig):
     dim: int = Field(8, gt=0, description="width of queries and keys")
 
 
-class DotAttention(nn.Module):
+class DotAttention(MultiHeadBase):
+    """One head of width ``dim``; the context is required (no self-attention)."""
+
     def __init__(self, query_dim: int = 16, context_dim: int = 12, dim: int = 8) -> None:
-        super().__init__()
-        self.query_dim, self.context_dim = query_dim, context_dim
-        self.q = nn.Linear(query_dim, dim, bias=False)
-        self.k = nn.Linear(context_dim, dim, bias=False)
-        self.v = nn.Linear(context_dim, query_dim, bias=False)
+        super().__init__(query_dim, context_dim, heads=1, dim_head=dim)
 
     def forward(self, x, context=None, *, context_mask=None):
-        w = self.q.weight
-        validate_tensor("x", x, ndim=3, last_dim=self.query_dim, like=w)
         if context is None:
             raise ValueError("context is required: example-dot has no self-attention")
-        validate_tensor("context", context, ndim=3, last_dim=self.context_dim, like=w)
-        validate_same_batch(x, context)
-        mask = None
-        if context_mask is not None:
-            mask = validate_mask("context_mask", context_mask, context.shape[:-1])
-        return attend(self.q(x)[:, None], self.k(context)[:, None], self.v(context)[:, None], mask)[:, 0]
+        context = self.check_context(x, context, context_mask)
+        q, k, v = (split_heads(lin(t), 1) for lin, t in ((self.to_q, x), (self.to_k, context), (self.to_v, context)))
+        return self.project_out(attend(q, k, v, context_mask))
 
 
 def reference(module, x, context=None, *, context_mask=None):
-    s = (x @ module.q.weight.T) @ (context @ module.k.weight.T).transpose(1, 2) / math.sqrt(module.q.out_features)
-    if context_mask is not None:
-        s = s.masked_fill(~context_mask[:, None, :], float("-inf"))
-        empty = ~context_mask.any(-1)
-        s = s.masked_fill(empty[:, None, None], 0.0)
-    out = torch.softmax(s, -1) @ (context @ module.v.weight.T)
-    if context_mask is not None:
-        out = out.masked_fill(empty[:, None, None], 0.0)
-    return out
+    q, k, v = (heads_view(linear(t, lin), 1) for t, lin in ((x, module.to_q), (context, module.to_k),
+                                                           (context, module.to_v)))
+    return linear(heads_merge(naive_attention(q, k, v, context_mask)), module.to_out[0])
 
 
 SPEC = zoo.VariantSpec(
