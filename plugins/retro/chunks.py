@@ -12,6 +12,7 @@ from its start, within its document.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from typing import Any
 
@@ -71,7 +72,7 @@ def chunk_starts(doc_offsets: np.ndarray, chunk_size: int, word_starts: np.ndarr
         docs = np.repeat(np.arange(lengths.size, dtype=np.int64), per_doc)
         first = np.cumsum(per_doc) - per_doc
         return doc_offsets[docs] + (np.arange(docs.size, dtype=np.int64) - first[docs]) * m
-    allowed = np.flatnonzero(word_starts)
+    allowed = np.flatnonzero(word_starts).tolist()
     starts: list[int] = []
     for lo, hi in zip(doc_offsets[:-1].tolist(), doc_offsets[1:].tolist()):
         s = lo
@@ -79,8 +80,8 @@ def chunk_starts(doc_offsets: np.ndarray, chunk_size: int, word_starts: np.ndarr
             starts.append(s)
             if hi - s <= m:
                 break
-            j = int(np.searchsorted(allowed, s + m, side="right")) - 1  # last word start <= s + m
-            s = int(allowed[j]) if j >= 0 and allowed[j] > s else s + m
+            j = bisect.bisect_right(allowed, s + m) - 1  # the last word start <= s + m
+            s = allowed[j] if j >= 0 and allowed[j] > s else s + m  # none: cut the long word
     return np.asarray(starts, dtype=np.int64)
 
 
