@@ -60,6 +60,27 @@ def test_concurrent_saves_into_one_directory_leave_one_whole_version(dbs, tmp_pa
     _assert_one_whole_version(root, dbs)
 
 
+def _save_repeatedly(root: str, n_docs: int, times: int) -> int:
+    db = RetroDatabase.from_texts(load_corpus()[:n_docs], chunk_size=16)
+    for _ in range(times):
+        db.save(root)
+    return db.n_chunks
+
+
+@pytest.mark.slow  # starts two Python processes (about 10 s here); CI runs it
+def test_concurrent_saves_from_separate_processes(tmp_path):
+    """The lock holds across processes, not only threads."""
+    import multiprocessing
+
+    root = tmp_path / "db"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        jobs = [pool.apply_async(_save_repeatedly, (str(root), n, 20)) for n in (4, 10)]
+        sizes = {job.get(timeout=180) for job in jobs}  # bounded: a deadlock fails, never hangs
+    man = json.loads((root / "manifest.json").read_text())
+    assert _files(root) == sorted(["manifest.json", man["files"]["store"]["name"], man["files"]["index"]["name"]])
+    assert RetroDatabase.load(root).n_chunks in sizes
+
+
 def test_loads_during_saves_always_see_a_whole_database(dbs, tmp_path):
     root = tmp_path / "db"
     dbs[0].save(root)
