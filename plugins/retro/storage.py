@@ -70,16 +70,22 @@ class DatabaseBusyError(TimeoutError):
 
 @contextlib.contextmanager
 def _locked(root: Path, *, shared: bool, timeout: float | None = None) -> Iterator[None]:
+    """Hold ``flock`` on directory ``root``: shared for a load, exclusive for a save.
+
+    Waits up to ``timeout`` (default :data:`LOCK_TIMEOUT_S`) seconds, then raises
+    :class:`DatabaseBusyError`. Closing the descriptor releases the lock, also when
+    the process dies, so a crash never leaves the database locked.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - no flock (Windows): no serialisation
         yield
         return
+    limit = LOCK_TIMEOUT_S if timeout is None else timeout
     fd = os.open(root, os.O_RDONLY)
     try:
         mode = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
-        deadline = time.monotonic() + (LOCK_TIMEOUT_S if timeout is None else timeout)
-        delay = 0.005
+        deadline, delay = time.monotonic() + limit, 0.005
         while True:
             try:
                 fcntl.flock(fd, mode)
@@ -87,15 +93,14 @@ def _locked(root: Path, *, shared: bool, timeout: float | None = None) -> Iterat
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise DatabaseBusyError(
-                        f"{root}: another process is {'saving' if shared else 'saving or loading'} this "
-                        f"RETRO database and held its lock for more than {LOCK_TIMEOUT_S if timeout is None else timeout:g} s; "
-                        f"try again when it has finished"
+                        f"{root}: another process is {'saving' if shared else 'saving or loading'} this RETRO "
+                        f"database and held its lock for more than {limit:g} s; try again when it has finished"
                     ) from None
                 time.sleep(delay)
                 delay = min(0.1, delay * 2)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        os.close(fd)
 
 
 def _sha256(path: Path) -> str:
