@@ -17,6 +17,8 @@ from zoo.hookspecs import hookimpl
 from zoo.io import load, save
 from zoo.registry import get_variant, list_variants, plugins, register, unregister
 from zoo.spec import Capabilities, Law, VariantSpec
+from zoo.swapping import Adapter as SwapAdapter
+from zoo.swapping import SwapReport, SwapTarget, swap
 
 __version__ = "0.1.0"
 
@@ -40,6 +42,10 @@ __all__ = [
     "plugins",
     "register",
     "save",
+    "swap",
+    "SwapAdapter",
+    "SwapReport",
+    "SwapTarget",
     "unregister",
 ]
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import argparse
 
     from zoo.registry import VariantSpec
+    from zoo.swapping import Adapter
 
 hookspec = pluggy.HookspecMarker("zoo")
 hookimpl = pluggy.HookimplMarker("zoo")
@@ -89,7 +90,47 @@ def zoo_register_commands(subparsers: argparse._SubParsersAction) -> None:
     """
 
 
+@hookspec
+def zoo_register_adapters(register: Callable[[Adapter], None]) -> None:
+    """Register adapters that let :func:`zoo.swap` replace another library's attention modules.
+
+    Called once per process, the first time :func:`zoo.swap` runs, for every loaded
+    plugin (the built-in adapters for diffusers and transformers register through this
+    hook like any third party's). Adapters are consulted in registration order; the
+    first whose ``match`` returns a target for a module wins. An adapter must import
+    its library only inside ``match``, once it sees one of that library's modules.
+
+    Args:
+        register: call ``register(adapter)`` once per :class:`zoo.SwapAdapter` (an
+            object with a ``name`` and ``match(path, module) -> SwapTarget | None``).
+            An adapter whose name is already registered, or an object that is no
+            adapter, raises :class:`zoo.RegistrationError`.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Examples:
+
+        class MyLibAdapter(zoo.SwapAdapter):
+            name = "mylib"
+
+            def match(self, path, module):
+                if type(module).__name__ != "MyLibCrossAttention":
+                    return None
+                return zoo.SwapTarget(kind="cross", query_dim=module.dim,
+                                      context_dim=module.cond_dim, heads=module.heads,
+                                      dim_head=module.dim // module.heads,
+                                      weights={"to_q.weight": module.wq.weight},
+                                      wrap=MyLibWrapper)
+
+        @zoo.hookimpl
+        def zoo_register_adapters(register):
+            register(MyLibAdapter())
+    """
+
+
 HOOKS: dict[str, Any] = {
     "zoo_register_variants": zoo_register_variants,
     "zoo_register_commands": zoo_register_commands,
+    "zoo_register_adapters": zoo_register_adapters,
 }

@@ -44,6 +44,7 @@ __all__ = [
     "list_variants",
     "get_variant",
     "plugins",
+    "adapters",
 ]
 
 ENTRY_POINT_GROUP = "zoo"
@@ -105,6 +106,7 @@ class Registry:
         self._plugins: dict[str, PluginInfo] = {}
         self._load_entry_points = load_entry_points
         self._loaded = False
+        self._adapters: list[Any] | None = None
         self._lock = threading.RLock()
         self.pm = pluggy.PluginManager("zoo")
         self.pm.add_hookspecs(hookspecs)
@@ -274,6 +276,28 @@ class Registry:
                 if self.strict:
                     raise PluginError(f"plugin {impl.plugin_name}: {exc}") from exc
 
+    def adapters(self) -> list[Any]:
+        """The :class:`zoo.SwapAdapter` objects plugins register (hook
+        ``zoo_register_adapters``), collected once, in registration order."""
+        self._ensure_loaded()
+        with self._lock:
+            if self._adapters is None:
+                found: list[Any] = []
+
+                def _register(adapter: Any) -> None:
+                    name = getattr(adapter, "name", None)
+                    if not isinstance(name, str) or not callable(getattr(adapter, "match", None)):
+                        raise RegistrationError(
+                            f"register() expects an adapter with a str `name` and a `match(path, module)` "
+                            f"method (subclass zoo.SwapAdapter), got {adapter!r:.80}")
+                    if any(a.name == name for a in found):
+                        raise RegistrationError(f"an adapter named {name!r} is already registered")
+                    found.append(adapter)
+
+                self.pm.hook.zoo_register_adapters(register=_register)
+                self._adapters = found
+            return list(self._adapters)
+
 
 _default: Registry | None = None
 _default_lock = threading.Lock()
@@ -324,3 +348,8 @@ def get_variant(name: str) -> VariantSpec:
 def plugins() -> list[PluginInfo]:
     """The plugins the default registry loaded or failed to load."""
     return default_registry().plugins()
+
+
+def adapters() -> list[Any]:
+    """The swap adapters the default registry's plugins registered (see :func:`zoo.swap`)."""
+    return default_registry().adapters()

@@ -1,0 +1,108 @@
+"""Adapter for diffusers' ``Attention`` (every UNet and transformer model; ``attn2`` is cross-attention).
+
+The replacement takes ``Attention``'s call signature ``(hidden_states,
+encoder_hidden_states=None, attention_mask=None, **cross_attention_kwargs)``; the
+mask a UNet passes to ``attn2`` (its ``encoder_attention_mask``, turned into an
+additive bias of 0 / -10000) becomes the zoo's bool ``context_mask``. Of the
+``cross_attention_kwargs``, ``scale`` is ignored with a warning (as diffusers'
+own processors do); any other raises a ``ValueError`` (a zoo layer has no place for
+it), so none is lost silently. diffusers is imported only when one of its modules
+is seen.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from torch import Tensor, nn
+
+import zoo
+from zoo.swapping import Adapter, SwapTarget, call_layer, keep_mask
+
+# Processors whose computation is plain attention (no LoRA, IP-Adapter, ... state to lose).
+_PLAIN_PROCESSORS = {"AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "AttnProcessorNPU"}
+
+
+class SwappedDiffusersAttention(nn.Module):
+    """A zoo layer behind diffusers' ``Attention`` call signature.
+
+    Args:
+        layer: the zoo layer (its parameters are this module's ``layer.*``).
+        kind: ``"cross"`` or ``"self"``.
+    """
+
+    def __init__(self, layer: nn.Module, kind: str) -> None:
+        super().__init__()
+        self.layer, self.kind = layer, kind
+
+    def forward(self, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                attention_mask: Tensor | None = None, **cross_attention_kwargs) -> Tensor:
+        if cross_attention_kwargs.pop("scale", None) is not None:
+            warnings.warn("cross_attention_kwargs['scale'] is ignored (as diffusers' own attention "
+                          "processors ignore it); pass LoRA scales to the pipeline instead", stacklevel=2)
+        if cross_attention_kwargs:
+            raise ValueError(
+                f"a zoo-swapped attention module takes no cross_attention_kwargs but got "
+                f"{sorted(cross_attention_kwargs)}; these belong to custom diffusers processors "
+                f"(IP-Adapter, GLIGEN, ...), which zoo.swap replaces: drop them or keep the original module"
+            )
+        if hidden_states.ndim != 3:
+            raise ValueError(f"hidden_states: expected (B, N, query_dim), got shape {tuple(hidden_states.shape)}")
+        context = encoder_hidden_states
+        keys = hidden_states if context is None else context
+        mask = keep_mask(attention_mask, batch=keys.shape[0], length=keys.shape[1], name="attention_mask")
+        return call_layer(self.layer, hidden_states, context, mask)
+
+
+class DiffusersAdapter(Adapter):
+    """Recognises ``diffusers.models.attention_processor.Attention``."""
+
+    name = "diffusers"
+
+    def match(self, path: str, module: nn.Module) -> SwapTarget | None:
+        if not type(module).__module__.startswith("diffusers."):
+            return None
+        from diffusers.models.attention_processor import Attention
+
+        if not isinstance(module, Attention):
+            return None
+        kind = "cross" if module.is_cross_attention else "self"
+        heads = module.heads
+        inner = module.to_q.out_features
+        dim_head = inner // heads
+        out = module.to_out[0]
+        unsupported = {
+            "spatial_norm": module.spatial_norm is not None,
+            "group_norm": module.group_norm is not None,
+            "norm_cross": module.norm_cross is not None,
+            "norm_q/norm_k (QK-norm)": module.norm_q is not None or module.norm_k is not None,
+            "residual_connection": bool(module.residual_connection),
+            "rescale_output_factor != 1": module.rescale_output_factor != 1.0,
+            "added key/value projections": getattr(module, "add_k_proj", None) is not None,
+            "a scale other than dim_head**-0.5": abs(module.scale - dim_head ** -0.5) > 1e-12,
+            "key/value heads other than heads": module.to_k.out_features != inner,
+            "an output width other than query_dim": out.out_features != module.query_dim,
+            f"processor {type(module.processor).__name__}": type(module.processor).__name__ not in _PLAIN_PROCESSORS,
+        }
+        used = [what for what, present in unsupported.items() if present]
+        problem = None
+        if used:
+            problem = f"diffusers Attention with {', '.join(used)}: a zoo layer has no such part"
+        weights = {"to_q.weight": module.to_q.weight, "to_k.weight": module.to_k.weight,
+                   "to_v.weight": module.to_v.weight, "to_out.0.weight": out.weight}
+        for name, lin in (("to_q", module.to_q), ("to_k", module.to_k), ("to_v", module.to_v), ("to_out.0", out)):
+            if lin.bias is not None:
+                weights[f"{name}.bias"] = lin.bias
+        p = module.to_q.weight
+        return SwapTarget(
+            kind=kind, query_dim=module.query_dim, context_dim=module.to_k.in_features, heads=heads,
+            dim_head=dim_head, bias=module.to_q.bias is not None, out_bias=out.bias is not None,
+            dropout=module.to_out[1].p if len(module.to_out) > 1 else 0.0,
+            weights=weights, problem=problem, dtype=p.dtype, device=p.device, training=module.training,
+            wrap=lambda layer, kind=kind: SwappedDiffusersAttention(layer, kind),
+        )
+
+
+@zoo.hookimpl
+def zoo_register_adapters(register):
+    register(DiffusersAdapter())

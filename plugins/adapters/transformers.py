@@ -1,0 +1,178 @@
+"""Adapters for transformers' cross-attention: the BERT family and the BART family.
+
+- BERT family (``BertModel`` as a decoder with ``add_cross_attention=True``,
+  ``EncoderDecoderModel``, ...): the core of ``crossattention`` (``.self``: ``query``,
+  ``key``, ``value``) is replaced; ``crossattention.output`` (``BertSelfOutput``: dense,
+  dropout, residual, LayerNorm) is kept as it is. That core has no output projection,
+  so the zoo layer's ``to_out.0`` is set to the identity (its bias off).
+- BART family (``encoder_attn`` modules with ``q_proj``, ``k_proj``, ``v_proj``,
+  ``out_proj``: BART, Marian, mBART, Pegasus, Whisper, ...): the whole module is
+  replaced; ``out_proj`` becomes ``to_out.0``.
+
+During ``generate()`` (a cache is passed, gradients off) the zoo layer's projections
+of the encoder states are computed once per generation and reused at every step: the
+layer's ``nn.Linear`` modules remember their last output for the very same input
+tensor (same object, unchanged). Self-attention of these models (causal, with its own
+key/value cache) is not swapped. transformers is imported only when one of its
+modules is seen.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+import zoo
+from zoo.swapping import Adapter, SwapTarget, call_layer, keep_mask
+
+
+class _MemoLinear(nn.Linear):
+    """``nn.Linear`` that returns its last output again for the same, unchanged input
+    tensor while memoising is on (same parameters and state-dict keys as ``nn.Linear``)."""
+
+    _zoo_memo_on = False
+    _zoo_memo = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        memo = self._zoo_memo
+        if memo is not None and memo[0] is x and memo[1] == x._version:
+            return memo[2]
+        out = F.linear(x, self.weight, self.bias)
+        if self._zoo_memo_on:
+            self._zoo_memo = (x, x._version, out)
+        return out
+
+
+class SwappedTransformersAttention(nn.Module):
+    """A zoo layer behind the call signature of transformers' attention modules.
+
+    Accepts ``(hidden_states, ...)`` with the context as ``key_value_states`` (BART
+    family) or ``encoder_hidden_states`` (BERT family), ``attention_mask`` (2-D,
+    or the 4-D additive or bool masks transformers prepares) and ``past_key_values``;
+    returns ``(output, None)`` (no attention weights).
+
+    Args:
+        layer: the zoo layer.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+        for module in layer.modules():
+            if type(module) is nn.Linear:
+                module.__class__ = _MemoLinear
+
+    def _memoise(self, on: bool) -> None:
+        for module in self.layer.modules():
+            if isinstance(module, _MemoLinear):
+                module._zoo_memo_on = on
+                if not on:
+                    module._zoo_memo = None
+
+    def forward(self, hidden_states: Tensor, key_value_states: Tensor | None = None,
+                past_key_values=None, attention_mask: Tensor | None = None,
+                encoder_hidden_states: Tensor | None = None, **kwargs) -> tuple[Tensor, None]:
+        context = key_value_states if key_value_states is not None else encoder_hidden_states
+        if context is None:
+            raise ValueError("a zoo-swapped cross-attention module needs the encoder states "
+                             "(key_value_states or encoder_hidden_states), got None")
+        self._memoise(past_key_values is not None and not torch.is_grad_enabled())
+        mask = keep_mask(attention_mask, batch=context.shape[0], length=context.shape[1],
+                         name="encoder attention_mask")
+        return call_layer(self.layer, hidden_states, context, mask), None
+
+
+def _linear_weights(pairs: dict[str, nn.Linear | None], bias: bool) -> dict[str, Tensor]:
+    weights: dict[str, Tensor] = {}
+    for name, lin in pairs.items():
+        weights[f"{name}.weight"] = lin.weight
+        if lin.bias is not None:
+            weights[f"{name}.bias"] = lin.bias
+        elif bias and name != "to_out.0":  # e.g. Whisper's k_proj: the zoo's shared flag, zero bias
+            weights[f"{name}.bias"] = torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device)
+    return weights
+
+
+def _from_transformers(module: nn.Module) -> bool:
+    return type(module).__module__.startswith("transformers.")
+
+
+class BartFamilyAdapter(Adapter):
+    """Recognises attention modules with ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``."""
+
+    name = "transformers-bart"
+
+    def match(self, path: str, module: nn.Module) -> SwapTarget | None:
+        if not _from_transformers(module):
+            return None
+        lins = [getattr(module, n, None) for n in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        if not all(isinstance(lin, nn.Linear) for lin in lins) or not hasattr(module, "num_heads"):
+            return None
+        q, k, v, o = lins
+        kind = "cross" if path.rsplit(".", 1)[-1] == "encoder_attn" else "self"
+        heads = module.num_heads
+        dim_head = q.out_features // heads
+        problem = None
+        if kind == "self":
+            problem = ("self-attention of transformers' encoder-decoder models (causal, with its own "
+                       "key/value cache) is not swapped; use where='cross'")
+        elif abs(getattr(module, "scaling", dim_head ** -0.5) - dim_head ** -0.5) > 1e-12:
+            problem = f"scaling {module.scaling} is not dim_head**-0.5; a zoo layer has no other scale"
+        elif k.out_features != q.out_features or o.out_features != q.in_features:
+            problem = "key/value heads or output width differ from the queries'"
+        bias = any(lin.bias is not None for lin in (q, k, v))
+        p = q.weight
+        notes = ()
+        if getattr(module, "dropout", 0.0):
+            notes = (f"attention-probability dropout p={module.dropout} is not reproduced (no zoo layer has it)",)
+        return SwapTarget(
+            kind=kind, query_dim=q.in_features, context_dim=k.in_features, heads=heads, dim_head=dim_head,
+            bias=bias, out_bias=o.bias is not None,
+            weights=_linear_weights({"to_q": q, "to_k": k, "to_v": v, "to_out.0": o}, bias),
+            problem=problem, notes=notes, dtype=p.dtype, device=p.device, training=module.training,
+            wrap=SwappedTransformersAttention,
+        )
+
+
+class BertFamilyAdapter(Adapter):
+    """Recognises BERT-family attention cores (``query``, ``key``, ``value``; no output projection)."""
+
+    name = "transformers-bert"
+
+    def match(self, path: str, module: nn.Module) -> SwapTarget | None:
+        if not _from_transformers(module):
+            return None
+        lins = [getattr(module, n, None) for n in ("query", "key", "value")]
+        if not all(isinstance(lin, nn.Linear) for lin in lins) or not hasattr(module, "num_attention_heads"):
+            return None
+        q, k, v = lins
+        cross = type(module).__name__.endswith("CrossAttention") or path.endswith("crossattention.self")
+        heads = module.num_attention_heads
+        dim_head = q.out_features // heads
+        problem = None
+        if not cross:
+            problem = ("BERT-family self-attention is not swapped (only its cross-attention, "
+                       "crossattention.self); use where='cross'")
+        elif getattr(module, "position_embedding_type", "absolute") != "absolute":
+            problem = f"relative position scores ({module.position_embedding_type}) have no zoo counterpart"
+        elif k.out_features != q.out_features:
+            problem = "key/value width differs from the queries'"
+        p = q.weight
+        inner = q.out_features
+        identity = torch.eye(inner, dtype=p.dtype, device=p.device)
+        weights = _linear_weights({"to_q": q, "to_k": k, "to_v": v}, bias=True)
+        weights["to_out.0.weight"] = identity
+        return SwapTarget(
+            kind="cross" if cross else "self", query_dim=q.in_features, context_dim=k.in_features,
+            heads=heads, dim_head=dim_head, bias=True, out_bias=False, weights=weights, problem=problem,
+            notes=("to_out.0 set to the identity: crossattention.output (dense, dropout, residual, "
+                   "LayerNorm) is kept and stays the output projection",),
+            dtype=p.dtype, device=p.device, training=module.training, wrap=SwappedTransformersAttention,
+        )
+
+
+@zoo.hookimpl
+def zoo_register_adapters(register):
+    register(BartFamilyAdapter())
+    register(BertFamilyAdapter())
