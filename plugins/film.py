@@ -102,6 +102,13 @@ class FiLM(nn.Module):
             nn.init.zeros_(self.to_scale_shift.weight)
             nn.init.zeros_(self.to_scale_shift.bias)
 
+    @property
+    def output_includes_x(self) -> bool:
+        """True in the residual form: ``forward`` returns ``x`` plus the modulation, so
+        :func:`zoo.swap` uses ``forward(x, c) - x = gamma * x + beta`` in place of an
+        attention branch (zero at start: the model starts without that branch)."""
+        return self.residual
+
     def _check(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> None:
         w = self.to_scale_shift.weight
         validate_tensor("x", x, ndim=3, last_dim=self.query_dim, like=w, legend=f"(B, N, query_dim={self.query_dim})")

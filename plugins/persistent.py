@@ -137,6 +137,15 @@ class PersistentMemoryAttention(MultiHeadBase):
         self.memory_k = nn.Parameter(torch.randn(heads, num_memory, dim_head))
         self.memory_v = nn.Parameter(torch.randn(heads, num_memory, dim_head))
 
+    def init_for_swap(self) -> None:
+        """Called by :func:`zoo.swap` once the replaced attention's weights are loaded:
+        zero memory keys and values, so each memory slot adds only a score of 0 to the
+        softmax and nothing to the values, and the swapped model starts close to the
+        original (exactly it when the context scores are very negative, never far)."""
+        with torch.no_grad():
+            self.memory_k.zero_()
+            self.memory_v.zero_()
+
     @classmethod
     def from_feedforward(cls, w_in: Tensor, w_out: Tensor, b_out: Tensor | None = None) -> PersistentMemoryAttention:
         r"""A ``memory_only`` layer computing ``U softmax(V x) + b`` from feed-forward weights.

@@ -165,6 +165,7 @@ class Registry:
                           distribution=distribution, version=version)
         with self._lock:
             self._add_plugin(plugin, info)
+            self._adapters = None  # collected again: the new plugin may register adapters
         return info
 
     def _add_plugin(self, obj: Any, info: PluginInfo) -> None:

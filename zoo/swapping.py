@@ -241,7 +241,8 @@ def _find(model: nn.Module, adapters: list[Adapter]) -> list[tuple[str, SwapTarg
 
 def _nothing_matched(model: nn.Module, found: list, where: str) -> str:
     like = [f"{p} ({type(m).__name__})" for p, m in model.named_modules()
-            if p and (_ATTENTION_LIKE.search(type(m).__name__) or isinstance(m, nn.MultiheadAttention))]
+            if p and (_ATTENTION_LIKE.search(type(m).__name__) or _ATTENTION_LIKE.search(p.rsplit(".", 1)[-1])
+                    or isinstance(m, nn.MultiheadAttention))]
     kinds = sorted({t.kind for _, t, _ in found})
     msg = f"zoo.swap found no {'' if where == 'all' else where + '-'}attention module to replace in {type(model).__name__}"
     if kinds:
@@ -251,7 +252,7 @@ def _nothing_matched(model: nn.Module, found: list, where: str) -> str:
         msg += (f"; attention-like modules it has, which no registered adapter knows: {shown}. "
                 "Write an adapter (hook zoo_register_adapters) to swap them")
     else:
-        msg += "; it has no attention-like module at all (no class named *Attention*/*Attn*)"
+        msg += "; it has no attention-like module at all (no module or class named *attention*/*attn*)"
     return msg
 
 
