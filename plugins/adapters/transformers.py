@@ -59,13 +59,16 @@ class SwappedTransformersAttention(nn.Module):
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.layer = layer
+        memo = []
         for module in layer.modules():
             if type(module) is nn.Linear:
                 module.__class__ = _MemoLinear
+                memo.append(module)
+        self._memo_linears = tuple(memo)  # a plain tuple: not registered twice, copied by deepcopy
 
     def _memoise(self, on: bool) -> None:
-        for module in self.layer.modules():
-            if isinstance(module, _MemoLinear):
+        for module in self._memo_linears:
+            if module._zoo_memo_on != on or (not on and module._zoo_memo is not None):
                 module._zoo_memo_on = on
                 if not on:
                     module._zoo_memo = None
