@@ -83,6 +83,14 @@ def test_encoder_keys_and_values_are_computed_once_per_generation():
             model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3], use_cache=False)
             model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3], use_cache=False)
             assert len(computed) == 2  # no cache: computed at each call (nothing stale is reused)
+        computed.clear()
+        model.train()
+        enc = model.get_encoder()(input_ids=ids, attention_mask=mask)
+        for _ in range(2):  # with gradients: never memoised (no graph kept alive, none reused)
+            out = model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=ids[:, :3], use_cache=True)
+            out.logits.sum().backward(retain_graph=True)
+        assert len(computed) == 2
+        assert all(m._zoo_memo is None for m in model.model.decoder.layers[1].encoder_attn._memo_linears)
     finally:
         adapter.F.linear = real_linear
 

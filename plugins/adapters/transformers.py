@@ -56,6 +56,10 @@ class SwappedTransformersAttention(nn.Module):
         layer: the zoo layer.
     """
 
+    reuse_encoder_kv: bool = True
+    """Reuse the projections of the encoder states across decoding steps (set False to
+    recompute them at every step, e.g. to measure what the reuse saves)."""
+
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.layer = layer
@@ -80,7 +84,7 @@ class SwappedTransformersAttention(nn.Module):
         if context is None:
             raise ValueError("a zoo-swapped cross-attention module needs the encoder states "
                              "(key_value_states or encoder_hidden_states), got None")
-        self._memoise(past_key_values is not None and not torch.is_grad_enabled())
+        self._memoise(self.reuse_encoder_kv and past_key_values is not None and not torch.is_grad_enabled())
         mask = keep_mask(attention_mask, batch=context.shape[0], length=context.shape[1],
                          name="encoder attention_mask")
         return call_layer(self.layer, hidden_states, context, mask), None
