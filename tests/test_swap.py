@@ -163,6 +163,36 @@ def test_film_in_place_of_cross_attention_starts_as_the_model_without_it():
         torch.testing.assert_close(run(unet, sample, t, context, mask), expected, atol=1e-6, rtol=1e-6)
 
 
+def test_a_layer_that_starts_as_the_identity_is_used_as_a_residual_update():
+    """A third party's gated residual block (x + tanh(alpha) * attn, alpha = 0) that declares nothing."""
+    from attention_zoo_plugins.cross import CrossAttention, CrossConfig
+    from typing import Literal
+
+    class GatedConfig(CrossConfig):
+        variant: Literal["test-gated"] = "test-gated"
+
+    class Gated(CrossAttention):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.gate = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, context=None, *, context_mask=None):
+            return x + torch.tanh(self.gate) * super().forward(x, context, context_mask=context_mask)
+
+    zoo.register(zoo.VariantSpec(name="test-gated", module=Gated, config=GatedConfig, summary="test"))
+    try:
+        unet = tiny_unet()
+        sample, t, context, mask = unet_inputs()
+        with torch.no_grad():
+            expected = run(_without_cross_attention(unet), sample, t, context, mask)
+        report = zoo.swap(unet, "test-gated")
+        assert "x + update" in report.notes[report.swapped[0]][-1]
+        with torch.no_grad():
+            torch.testing.assert_close(run(unet, sample, t, context, mask), expected, atol=1e-6, rtol=1e-6)
+    finally:
+        zoo.unregister("test-gated")
+
+
 def test_persistent_memory_starts_close_to_the_original():
     unet = tiny_unet()
     sample, t, context, mask = unet_inputs()

@@ -28,7 +28,9 @@ branch (neither is required; the toolkit's layers need none):
 - ``output_includes_x: bool``: True when ``forward(x, ...)`` returns ``x`` plus an
   update (a residual layer such as FiLM's ``(1 + gamma) * x + beta``). The replaced
   module's output is then ``forward(x, ...) - x``, since the model adds its own
-  residual.
+  residual. When a layer does not say, a freshly built one that returns ``x`` exactly
+  (a residual block that starts as the identity, e.g. behind a zero gate) is taken
+  as such; any other residual layer must declare it.
 """
 
 from __future__ import annotations
@@ -274,6 +276,10 @@ def _cannot_serve(spec: Any, layer: nn.Module, target: SwapTarget) -> str | None
         return f"{spec.name!r} refuses the inputs of a {target.kind}-attention (x (B, N, Dq), context (B, M, Dc)): {exc}"
     if not isinstance(out, Tensor) or out.shape != x.shape:
         return f"{spec.name!r} returned {getattr(out, 'shape', type(out).__name__)} for x of shape {tuple(x.shape)}"
+    if not hasattr(layer, "output_includes_x") and torch.equal(out, x):
+        # A fresh layer that returns x exactly is a residual block starting as the identity
+        # (e.g. a gate at zero): used as x + update, so the model's residual is not doubled.
+        layer.output_includes_x = True
     return None
 
 
@@ -357,6 +363,8 @@ def swap(model: nn.Module, variant: Any, /, *, where: str = "cross", **overrides
         report.swapped.append(path)
         report.carried[path], report.initialised[path], report.dropped[path] = carried, initialised, dropped
         report.notes[path] = list(target.notes)
+        if getattr(layer, "output_includes_x", False):
+            report.notes[path].append("the layer returns x + update: the update alone replaces the module's output")
         report.adapters[path] = adapter.name
     if refused:
         raise ValueError(f"variant {spec.name!r} cannot serve here (the model is unchanged):\n  " + "\n  ".join(refused))
