@@ -26,7 +26,7 @@ branch (neither is required; the toolkit's layers need none):
   to make what the variant adds start close to the module it replaces (for example
   zero values for extra memory slots).
 - ``output_includes_x: bool``: True when ``forward(x, ...)`` returns ``x`` plus an
-  update (a residual layer such as FiLM's ``(1 + gamma) * x + beta``). The replaced
+  update (a residual modulation such as ``(1 + gamma) * x + beta``). The replaced
   module's output is then ``forward(x, ...) - x``, since the model adds its own
   residual. When a layer does not say, a freshly built one that returns ``x`` exactly
   (a residual block that starts as the identity, e.g. behind a zero gate) is taken
