@@ -9,7 +9,6 @@ never imports anything.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, model_validator
 from pydantic_core import core_schema
 
-from zoo.errors import closest
+from zoo.errors import UnknownVariantError, closest, short_repr
 from zoo.registry import default_registry
 from zoo.spec import VariantSpec
 
@@ -28,10 +27,18 @@ __all__ = ["VariantConfig", "AttentionConfig", "create", "load_config", "parse_c
 
 
 class VariantConfig(BaseModel):
-    """Base class of every variant's config: unknown keys are refused with the
-    closest valid field suggested, values are validated on assignment too."""
+    """Base class of every variant's config.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    Unknown keys are refused with the closest valid field suggested. A config is
+    frozen (immutable, hashable): it describes a layer that was built from it, so
+    a change is a new config (``config.model_copy(update={...})``) and a new layer.
+    Integer and float fields take numbers only: a bool (``True`` is not a width of
+    1) or a string (``"8"``) is refused instead of coerced; an integral float such
+    as ``8.0`` is still accepted for an int field and an int for a float field, so
+    numbers read from YAML, JSON and TOML load as written.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
 
     variant: str
 
@@ -45,9 +52,10 @@ class VariantConfig(BaseModel):
                     hint = closest(str(key), sorted(known - {"variant"}), n=1)
                     did = f"did you mean {hint[0]!r}? " if hint else ""
                     raise ValueError(
-                        f"unknown field {key!r} for variant {cls._variant_name()!r}: {did}"
+                        f"unknown field {short_repr(key)} for variant {cls._variant_name()!r}: {did}"
                         f"valid fields are {', '.join(sorted(known - {'variant'}))}"
                     )
+                _check_number(cls, key, data[key])
         return data
 
     @classmethod
@@ -60,6 +68,44 @@ class VariantConfig(BaseModel):
     def fields(self) -> dict[str, Any]:
         """The constructor keywords: every field but ``variant``."""
         return {k: getattr(self, k) for k in type(self).model_fields if k != "variant"}
+
+
+def _numeric_kinds(annotation: Any) -> set[type]:
+    """The number types an annotation admits (``int | None`` -> {int}); empty when
+    it admits anything that is not a plain int or float."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _numeric_kinds(typing.get_args(annotation)[0])
+    if origin in (typing.Union, getattr(types, "UnionType", None)):
+        kinds: set[type] = set()
+        for arg in typing.get_args(annotation):
+            if arg is type(None):
+                continue
+            sub = _numeric_kinds(arg)
+            if not sub:
+                return set()
+            kinds |= sub
+        return kinds
+    return {annotation} if annotation in (int, float) else set()
+
+
+def _check_number(cls: type[BaseModel], key: str, value: Any) -> None:
+    """Refuse a bool or a string for an int/float field (pydantic would coerce them)."""
+    field = cls.model_fields.get(key)
+    if field is None or not isinstance(value, (bool, str)):
+        return
+    kinds = _numeric_kinds(field.annotation)
+    if not kinds:
+        return
+    kind = "an integer" if kinds == {int} else "a number"
+    raise ValueError(
+        f"field {key!r} of variant {cls._variant_name()!r} must be {kind}, got "
+        f"{type(value).__name__} {short_repr(value, 60)}; write the number itself "
+        f"(a bool or a string is not coerced)"
+    )
 
 
 def _resolve_spec(spec: Any) -> VariantSpec:
@@ -163,51 +209,80 @@ def create(spec: Any, /, **overrides: Any) -> torch.nn.Module:
     if variant_spec is None:
         variant_spec = default_registry().get(config.variant)
     module = variant_spec.module(**config.fields())
-    module.config = config
+    freeze_config(module, config)
     return module
+
+
+class FrozenConfigError(AttributeError):
+    """``layer.config = ...`` on a layer that already has its config."""
+
+
+class _ConfigSlot:
+    """Data descriptor behind ``layer.config``: set once, then read-only.
+
+    The layer was built from its config; a different config assigned afterwards
+    would describe another layer than the one that computes (and ``zoo.save``
+    would write a config that does not match the weights).
+    """
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__["_zoo_config"]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute 'config' "
+                                 f"(build the layer with zoo.create)") from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        current = obj.__dict__.get("_zoo_config")
+        if current is not None and current is not value:
+            raise FrozenConfigError(
+                f"{type(obj).__name__}.config is frozen: the layer was built from its config "
+                f"and does not reread it. Build a new layer instead: "
+                f"zoo.create(layer.config.model_copy(update={{...}})), then load_state_dict if the "
+                f"shapes still fit"
+            )
+        obj.__dict__["_zoo_config"] = value
+
+    def __delete__(self, obj: Any) -> None:
+        raise FrozenConfigError(f"{type(obj).__name__}.config is frozen and cannot be deleted")
+
+
+_SLOT = _ConfigSlot()
+
+
+def freeze_config(module: Any, config: VariantConfig) -> None:
+    """Attach ``config`` to ``module`` as its read-only ``.config``.
+
+    The layer class gets a ``config`` data descriptor (once), unless the class
+    defines ``config`` itself (then the attribute is set plainly, unprotected).
+    """
+    cls = type(module)
+    own = next((vars(c)["config"] for c in cls.__mro__ if "config" in vars(c)), None)
+    if own is None:
+        cls.config = _SLOT
+    elif own is not _SLOT:
+        module.config = config
+        return
+    module.__dict__.pop("config", None)
+    _SLOT.__set__(module, config)
 
 
 def load_config(path: str | Path) -> VariantConfig:
     """Read a ``.yaml``/``.yml``/``.json``/``.toml`` file into a validated config.
 
-    Malformed files raise ``ValueError`` naming the file and line. The file is
-    parsed as plain data (``yaml.safe_load``): it cannot run code.
+    Every failure is a ``ValueError`` naming the file (and the line where the
+    parser knows it): a directory, non-UTF-8 bytes, a file over 64 KiB, nesting
+    over 32 levels, YAML aliases, malformed text, invalid fields. An unknown
+    variant raises :class:`zoo.UnknownVariantError` (a ``LookupError``) that is
+    also a ``ValueError`` and names the file. The file is parsed as plain data
+    (``yaml`` safe loader): it cannot run code. See :mod:`zoo.configfile`.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist") from None
-    suffix = path.suffix.lower()
-    if suffix in (".yaml", ".yml"):
-        import yaml
+    from zoo.configfile import read_config_file
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = f":{mark.line + 1}" if mark else ""
-            raise ValueError(f"{path}{line}: invalid YAML: {exc.problem or exc}") from None
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: invalid YAML: {exc}") from None
-    elif suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    elif suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: invalid TOML: {exc}") from None
-    else:
-        raise ValueError(
-            f"{path}: unsupported config format {suffix!r}; use .yaml, .yml, .json or .toml"
-        )
+    path = Path(path)
+    data = read_config_file(path)
     if not isinstance(data, Mapping):
         raise ValueError(
             f"{path}: a config file must hold a mapping with a 'variant' key, "
@@ -215,7 +290,15 @@ def load_config(path: str | Path) -> VariantConfig:
         )
     try:
         return parse_config(data)
-    except LookupError:
-        raise
+    except UnknownVariantError as exc:
+        raise _UnknownVariantInFile(path, exc) from None
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise ValueError(f"{path}: {exc}") from None
+
+
+class _UnknownVariantInFile(UnknownVariantError, ValueError):
+    """An unknown variant named by a config file: a ``LookupError`` and a ``ValueError``."""
+
+    def __init__(self, path: Path, exc: UnknownVariantError) -> None:
+        self.name, self.suggestions = exc.name, exc.suggestions
+        Exception.__init__(self, f"{path}: {exc}")

@@ -8,19 +8,47 @@ working, and every message says what was expected, what came, and how to fix it.
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["UnknownVariantError", "RegistrationError", "PluginError", "closest"]
+__all__ = ["UnknownVariantError", "RegistrationError", "PluginError", "closest", "short_repr"]
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 6
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlong = 40
 
 
-def closest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
-    """The registered names most similar to ``word`` (best first)."""
-    candidates = list(candidates)
-    hits = difflib.get_close_matches(word, candidates, n=n, cutoff=0.5)
+def short_repr(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, never built in full.
+
+    Error messages show user data through this: a nested structure whose lists
+    share their items (YAML aliases, pickle memo references) has a tiny file but
+    an astronomically long ``repr``; :mod:`reprlib` stops at a fixed depth and
+    width, so the cost and the length stay bounded.
+    """
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def closest(word: str, candidates: Iterable[str], n: int = 3,
+            preferred: Iterable[str] = ()) -> list[str]:
+    """The names most similar to ``word`` (best first).
+
+    Names in ``preferred`` (a registry's canonical names, as opposed to aliases)
+    come before the others: ``crosss`` suggests ``cross`` before an alias that
+    merely contains it.
+    """
+    candidates = list(dict.fromkeys(candidates))
+    hits = difflib.get_close_matches(word, candidates, n=len(candidates), cutoff=0.5)
     if not hits:
         lowered = word.lower()
-        hits = [c for c in candidates if lowered in c.lower() or c.lower() in lowered][:n]
-    return hits
+        hits = [c for c in candidates if lowered in c.lower() or c.lower() in lowered]
+    first = set(preferred)
+    hits.sort(key=lambda c: c not in first)  # stable: similarity order kept within each group
+    return hits[:n]
 
 
 class UnknownVariantError(LookupError):
@@ -29,17 +57,17 @@ class UnknownVariantError(LookupError):
     ``.name`` is the name asked for, ``.suggestions`` the closest registered names.
     """
 
-    def __init__(self, name: str, known: Iterable[str]):
+    def __init__(self, name: str, known: Iterable[str], canonical: Iterable[str] = ()):
         self.name = name
         known = sorted(known)
-        self.suggestions = closest(name, known)
+        self.suggestions = closest(name, known, preferred=canonical)
         if self.suggestions:
             hint = "did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
         elif known:
             hint = "registered variants: " + ", ".join(known)
         else:
             hint = "no variants are registered (are plugins disabled by ZOO_LOAD_PLUGINS?)"
-        super().__init__(f"unknown attention variant {name!r}: {hint} (see `zoo list`)")
+        super().__init__(f"unknown attention variant {short_repr(name)}: {hint} (see `zoo list`)")
 
     def __str__(self) -> str:  # LookupError would quote the message otherwise
         return self.args[0]

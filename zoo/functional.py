@@ -91,8 +91,13 @@ def validate_same_batch(x: Tensor, context: Tensor) -> None:
         )
 
 
-def validate_mask(name: str, mask: object, expected: Sequence[int], legend: str = "") -> Tensor:
-    """Check a boolean mask (True = may be attended) against its expected shape."""
+def validate_mask(
+    name: str, mask: object, expected: Sequence[int], legend: str = "", *, like: Tensor | None = None
+) -> Tensor:
+    """Check a boolean mask (True = may be attended) against its expected shape.
+
+    ``like`` (the context, or a weight) fixes the device the mask must be on.
+    """
     if not isinstance(mask, Tensor):
         raise TypeError(f"{name} must be a bool tensor of shape {tuple(expected)}, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
@@ -105,7 +110,17 @@ def validate_mask(name: str, mask: object, expected: Sequence[int], legend: str 
             f"{name} must have shape {tuple(expected)} {legend}(context.shape[:-1]), "
             f"got {tuple(mask.shape)}"
         )
+    if like is not None:
+        _same_device(name, mask, like)
     return mask
+
+
+def _same_device(name: str, t: Tensor, like: Tensor, what: str = "the layer's inputs") -> None:
+    if t.device != like.device:
+        raise ValueError(
+            f"{name} is on {t.device} but {what} are on {like.device}; "
+            f"move it with {name}.to({str(like.device)!r})"
+        )
 
 
 def split_heads(t: Tensor, heads: int) -> Tensor:
@@ -144,9 +159,22 @@ def attend(
         is exactly zero (forward) with zero gradient (backward): such rows are given
         a harmless all-True mask for the kernel and zeroed afterwards, so neither
         the kernel version nor the device can turn them into NaN.
+
+        Non-finite input gives NaN output, the same with and without a mask and
+        whatever kernel runs: a query row holding NaN or inf gives NaN in that row;
+        NaN or inf anywhere in one batch element's keys or values (masked positions
+        included) gives NaN in that element's whole output. (The fused kernels do
+        not agree on this by themselves: without a mask, some return finite rows.)
+
+    Raises:
+        ValueError: ``k``, ``v`` or ``key_mask`` on another device than ``q``.
     """
+    for name, t in (("k", k), ("v", v), ("key_mask", key_mask)):
+        if t is not None:
+            _same_device(name, t, q, "the queries")
     if key_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        return _propagate_nonfinite(out, q, k, v)
     empty = ~key_mask.any(dim=-1)  # (...,)
     # Eagerly, skip the fix-up when no row is empty (the usual case: one cheap sync).
     # Under torch.compile, always apply it so the graph has no data-dependent branch.
@@ -158,4 +186,18 @@ def attend(
     )
     if any_empty:
         out = out.masked_fill(empty[..., None, None, None], 0.0)
-    return out
+    return _propagate_nonfinite(out, q, k, v)
+
+
+def _propagate_nonfinite(out: Tensor, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Add zero, or NaN where an input was not finite (see :func:`attend`).
+
+    ``amax(...) * 0`` is 0 for finite values, NaN for NaN or +-inf; ``amax`` never
+    overflows (a sum of large float16 values would), and the term is computed
+    without autograd, so gradients are unchanged.
+    """
+    with torch.no_grad():
+        poison = q.amax(dim=-1, keepdim=True).mul_(0)  # (..., h, N, 1)
+        poison = poison + k.amax(dim=(-3, -2, -1), keepdim=True).mul_(0)  # (..., 1, 1, 1)
+        poison = poison + v.amax(dim=(-3, -2, -1), keepdim=True).mul_(0)
+    return out + poison.to(out.dtype)

@@ -160,7 +160,7 @@ class MultiHeadBase(nn.Module):
                             legend=f"(B, {length}, context_dim={self.context_dim})")
             validate_same_batch(x, context)
         if context_mask is not None:
-            validate_mask("context_mask", context_mask, context.shape[:-1])
+            validate_mask("context_mask", context_mask, context.shape[:-1], like=context)
         return context
 
     def project_out(self, heads_out: Tensor) -> Tensor:

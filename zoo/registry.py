@@ -256,7 +256,7 @@ class Registry:
             raise TypeError(f"a variant name must be a str, got {type(name).__name__}")
         spec = self._owner(name)
         if spec is None:
-            raise UnknownVariantError(name, [*self._specs, *self._aliases])
+            raise UnknownVariantError(name, [*self._specs, *self._aliases], canonical=self._specs)
         return spec
 
     def plugins(self) -> list[PluginInfo]:
