@@ -121,7 +121,7 @@ class FiLM(nn.Module):
                         legend=f"(B, context_dim={self.context_dim}) or (B, M, context_dim={self.context_dim})")
         validate_same_batch(x, context)
         if context_mask is not None:
-            validate_mask("context_mask", context_mask, context.shape[:-1])
+            validate_mask("context_mask", context_mask, context.shape[:-1], like=context)
 
     def pool(self, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
         """The conditioning vector ``z (B, Dc)``: the masked mean over M (0 if nothing is left)."""

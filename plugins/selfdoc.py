@@ -85,7 +85,8 @@ class SelfDocAttention(MultiHeadBase):
         context = self.check_context(x, context, None, length="N")
         _validate_equal_lengths(x, context)
         if context_mask is not None:
-            validate_mask("context_mask", context_mask, context.shape[:-1], "(B, N): one flag per aligned block ")
+            validate_mask("context_mask", context_mask, context.shape[:-1], "(B, N): one flag per aligned block ",
+                          like=context)
         return context
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
