@@ -63,3 +63,121 @@ def test_python_dash_m_zoo_and_unknown_exit_code(zoo_cli):
     assert ok.returncode == 0 and "cross" in ok.stdout
     bad = zoo_cli("show", "selfdok")
     assert bad.returncode == 2 and "did you mean" in bad.stderr
+
+
+# -- usage errors: exit 2, one line, no traceback, before any work (issue 17) ------------
+
+
+def _one_line_usage_error(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["bench", "cross", "--shapes", "foo"], ["--shapes", "'foo'"]),
+        (["bench", "cross", "--repeat", "0"], ["--repeat", "at least 1"]),
+        (["bench", "cross", "--threads", "0"], ["--threads", "at least 1"]),
+        (["bench", "cross", "--json", "/nonexistent/dir/x.json"], ["--json", "does not exist"]),
+        (["check", "cross", "--device", "bogus"], ["--device", "'bogus'", "not a device"]),
+        (["check", "cross", "--device", "meta"], ["--device", "meta"]),
+        (["check", "cross", "--json", "/nonexistent/dir/x.json"], ["--json", "does not exist"]),
+        (["check", "cross", "--no-such-flag"], ["unrecognized arguments"]),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(cross_registry, capsys, monkeypatch, argv, needles):
+    import zoo.bench.runner
+    import zoo.harness
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the arguments were checked")
+
+    monkeypatch.setattr(zoo.bench.runner, "main", no_work)
+    monkeypatch.setattr(zoo.harness, "check", no_work)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    captured = capsys.readouterr()
+
+    class Result:
+        returncode, stdout, stderr = code, captured.out, captured.err
+
+    _one_line_usage_error(Result, *needles)
+
+
+def test_check_on_cuda_without_cuda_is_one_line(cross_registry, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["check", "cross", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA is not available" in err[0]
+
+
+def test_list_pattern_matches_substrings(cross_registry, capsys):
+    assert main(["list", "ros"]) == 0
+    assert "cross" in capsys.readouterr().out
+    assert main(["list", "c?oss"]) == 0  # a glob still works as one
+    assert "cross" in capsys.readouterr().out
+    assert main(["list", "ross*"]) == 1  # ... and anchors as a glob does
+
+
+def test_suggestions_prefer_canonical_names():
+    from zoo.errors import UnknownVariantError
+
+    # 'crossss' (an alias) is closer to 'crosss' than 'cross' by similarity alone
+    err = UnknownVariantError("crosss", ["cross", "crossss", "film"], canonical=["cross", "film"])
+    assert err.suggestions[0] == "cross" and "crossss" in err.suggestions
+
+
+def test_unknown_plugin_in_zoo_load_plugins_is_explained(zoo_cli):
+    result = zoo_cli("list", env={"ZOO_LOAD_PLUGINS": "crss"})
+    assert "ZOO_LOAD_PLUGINS" in result.stderr and "'crss'" in result.stderr
+    assert "matches no installed plugin" in result.stderr and "cross (attention-zoo)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- output channels and encodings (issue 16) -------------------------------------------
+
+
+def _printing_plugin(site):
+    """A plugin distribution (dist-info + module) that prints when imported and when run."""
+    dist = site / "zoo_printer-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-printer\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[zoo]\nprinter = zoo_printer\n")
+    (site / "zoo_printer.py").write_text(
+        "print('hello from import')\n"
+        "import zoo\n"
+        "@zoo.hookimpl\n"
+        "def zoo_register_variants(register):\n"
+        "    print('hello from the hook')\n"
+    )
+
+
+def test_json_to_stdout_survives_a_plugin_that_prints(zoo_cli, tmp_path):
+    _printing_plugin(tmp_path)
+    result = zoo_cli("check", "cross", "-k", "shape", "--dtype", "float32", "-q", "--json", "-", site=tmp_path)
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)  # nothing but the JSON on stdout
+    assert payload["passed"] is True
+    assert "hello from import" in result.stderr  # printed while the parser was built (plugins load)
+
+
+def test_show_under_an_ascii_terminal(zoo_cli):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZOO_")}
+    env["PYTHONIOENCODING"] = "ascii"
+    result = subprocess.run([sys.executable, "-m", "zoo", "show", "cross"], capture_output=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr.decode("ascii", "replace")
+    assert b"query_dim" in result.stdout

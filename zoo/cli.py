@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import json
+import os
 import shutil
 import sys
 import textwrap
@@ -70,6 +73,103 @@ def config_rows(config: type) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+_JSON_STREAM: list[Any] = []  # the real stdout while `--json -` sends every print to stderr
+
+
+def json_stdout() -> Any:
+    """The stream for ``--json -``: the process's real stdout.
+
+    While a command runs with ``--json -``, ``sys.stdout`` points at stderr, so a
+    plugin (or anything else) that prints cannot corrupt the JSON; commands write
+    the JSON here, once, at the end.
+    """
+    return _JSON_STREAM[-1] if _JSON_STREAM else sys.stdout
+
+
+def usage_output_path(option: str, value: str | None) -> str | None:
+    """Why ``value`` cannot be written as an output file (``None``: it can, or it is ``-``).
+
+    Checked before any work, so a typo in ``--json`` costs nothing.
+    """
+    if not value or value == "-":
+        return None
+    path = os.path.abspath(value)
+    parent = os.path.dirname(path)
+    if os.path.isdir(path):
+        return f"{option} {value}: is a directory; give a file name such as {os.path.join(value, 'out.json')}"
+    if not os.path.isdir(parent):
+        return f"{option} {value}: the folder {parent} does not exist; create it first"
+    if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"{option} {value}: not writable"
+    return None
+
+
+def usage_device(option: str, value: str) -> str | None:
+    """Why ``value`` is not a device this process can use (``None``: it is)."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        return f"{option} {value!r} is not a device; use cpu, cuda or cuda:N"
+    if device.type == "meta":
+        return f"{option} meta holds no data; use cpu or cuda"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no GPU is visible"
+        return f"{option} {value}: CUDA is not available ({why}, torch {torch.__version__}); use --device cpu"
+    try:
+        torch.empty(1, device=device)
+    except Exception as exc:  # noqa: BLE001 - any backend failure is a usage error here
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return f"{option} {value}: not usable here: {first[:200]}"
+    return None
+
+
+def _check_plugin_env() -> None:
+    """Explain ``ZOO_LOAD_PLUGINS`` names that match no installed plugin (on stderr)."""
+    from importlib import metadata
+
+    from zoo.errors import closest
+    from zoo.registry import ENTRY_POINT_GROUP
+
+    value = os.environ.get("ZOO_LOAD_PLUGINS")
+    if value is None:
+        return
+    wanted = [w.strip() for w in value.split(",") if w.strip()]
+    if not wanted or wanted == ["none"]:
+        return
+    available: dict[str, str] = {}
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        available.setdefault(ep.name, f"{ep.name} ({dist.name})" if dist else ep.name)
+        if dist is not None:
+            available.setdefault(dist.name, f"{ep.name} ({dist.name})")
+    for name in wanted:
+        if name in available:
+            continue
+        hint = closest(name, available, n=1)
+        did = f"did you mean {hint[0]!r}? " if hint else ""
+        listing = ", ".join(sorted(set(available.values()))) or "none"
+        print(f"zoo: ZOO_LOAD_PLUGINS names {name!r}, which matches no installed plugin "
+              f"(entry-point or distribution name); {did}installed: {listing}", file=sys.stderr)
+
+
+def _printable_streams() -> None:
+    """Never fail on a character the terminal's encoding lacks (PYTHONIOENCODING=ascii)."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
+        if isinstance(stream, io.TextIOWrapper) and encoding not in ("utf8", "utf16", "utf32"):
+            with contextlib.suppress(Exception):
+                stream.reconfigure(errors="replace")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _unknown(exc: UnknownVariantError) -> int:
     print(f"zoo: {exc}", file=sys.stderr)
     return 2
@@ -77,7 +177,8 @@ def _unknown(exc: UnknownVariantError) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     reg = default_registry()
-    names = reg.names(args.pattern)
+    pattern = args.pattern if any(c in args.pattern for c in "*?[") else f"*{args.pattern}*"
+    names = reg.names(pattern)
     if not names:
         print(f"no registered variant matches {args.pattern!r} (see `zoo list`)", file=sys.stderr)
         return 1 if args.pattern != "*" else 0
@@ -144,12 +245,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoo", description="attention-zoo: attention variants as interchangeable, checked parts.")
+    parser = _Parser(prog="zoo", description="attention-zoo: attention variants as interchangeable, checked parts.")
     parser.add_argument("--version", action="version", version=f"attention-zoo {__import__('zoo').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("list", help="list registered variants")
-    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'cross*'")
+    p.add_argument("pattern", nargs="?", default="*",
+                   help="a substring ('cr' finds every name containing it) or an fnmatch pattern ('cross*')")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("show", help="describe a variant: summary, paper, config fields, source")
@@ -175,17 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _printable_streams()
     try:
-        parser = build_parser()
+        with contextlib.redirect_stdout(sys.stderr):  # a plugin printing at import: never on stdout
+            parser = build_parser()
     except PluginError as exc:  # strict mode (ZOO_STRICT_PLUGINS=1)
         print(f"zoo: {exc}", file=sys.stderr)
         return 1
+    _check_plugin_env()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    json_mode = getattr(args, "json", None) == "-"
+    _JSON_STREAM.append(sys.stdout)
     try:
-        return int(args.func(args) or 0)
+        with contextlib.redirect_stdout(sys.stderr) if json_mode else contextlib.nullcontext():
+            return int(args.func(args) or 0)
     except UnknownVariantError as exc:
         return _unknown(exc)
     except PluginError as exc:
@@ -193,3 +301,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 0
+    finally:
+        _JSON_STREAM.pop()

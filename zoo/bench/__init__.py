@@ -50,7 +50,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
 
 
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """A one-line reason why these arguments cannot run (checked before any work)."""
+    from zoo.bench.cases import shape_for
+    from zoo.cli import usage_device, usage_output_path
+
+    for option, value in (("--repeat", args.repeat), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            return f"{option} must be at least 1, got {value}"
+    if args.budget is not None and not args.budget >= 0:
+        return f"--budget must be a number of seconds >= 0, got {args.budget}"
+    size = "quick" if args.quick and args.size == "full" else args.size
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    if not shapes:
+        return "--shapes is empty; use sd, long or retro (comma-separated)"
+    for shape in shapes:
+        try:
+            shape_for(size, shape)
+        except (KeyError, ValueError):
+            return f"--shapes: unknown shape {shape!r}; use sd, long or retro (comma-separated)"
+    for dtype in (d.strip() for d in args.dtype.split(",")):
+        if dtype not in ("float32", "bfloat16", "float16", "float64"):
+            return f"--dtype: unknown dtype {dtype!r}; use float32, bfloat16, float16 or float64"
+    return usage_output_path("--json", args.json) or usage_device("--device", args.device)
+
+
 def run(args: argparse.Namespace) -> int:
     from zoo.bench.runner import main
 
+    problem = _usage_problem(args)
+    if problem:
+        import sys
+
+        print(f"zoo bench: {problem}", file=sys.stderr)
+        return 2
     return main(args)

@@ -86,9 +86,14 @@ def _list_checks() -> int:
 def run(args: argparse.Namespace) -> int:
     if args.list_checks:
         return _list_checks()
+    from zoo.cli import usage_device, usage_output_path
     from zoo.harness import _validate_dtypes, _validate_selectors, check, render_table
     from zoo.registry import default_registry
 
+    problem = usage_output_path("--json", args.json) or usage_device("--device", args.device)
+    if problem:
+        print(f"zoo check: {problem}", file=sys.stderr)
+        return 2
     registry = default_registry()
     if args.all and args.names:
         print("zoo check: give variant names or --all, not both", file=sys.stderr)
@@ -138,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
                    "reports": [r.to_dict() for r in reports]}
         text = json.dumps(payload, indent=2)
         if args.json == "-":
-            print(text)
+            from zoo.cli import json_stdout
+
+            stream = json_stdout()  # the real stdout: prints during the run went to stderr
+            stream.write(text + "\n")
+            stream.flush()
         else:
             Path(args.json).write_text(text + "\n", encoding="utf-8")
     return 0 if all(r.passed for r in reports) else 1
