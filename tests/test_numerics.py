@@ -94,3 +94,80 @@ def test_large_logit_check_fails_on_an_overflowing_layer(monkeypatch):
     monkeypatch.setattr(cross, "attend", unstable_attend)
     with pytest.raises(AssertionError):
         test_large_logits("cross")
+
+
+def _nonfinite_runs(spec, layer, inputs, where, value):
+    """Outputs for ``inputs`` with ``value`` written into all of ``where``: without a mask,
+    and with an all-True mask where the variant takes one."""
+    bad = dict(inputs)
+    bad.pop("context_mask", None)
+    bad[where] = torch.full_like(inputs[where], value)
+    runs = {}
+    with torch.no_grad():
+        runs["no mask"] = layer(**bad)
+        if bad.get("context") is not None and spec.capabilities.masks:
+            runs["all-True mask"] = layer(**bad, context_mask=torch.ones(bad["context"].shape[:-1], dtype=torch.bool))
+    return runs
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("where", ["x", "context"])
+@pytest.mark.parametrize("name", registered())
+def test_nonfinite_in_gives_nonfinite_out_with_and_without_a_mask(name, where, value):
+    """NaN/inf in an input is never laundered into finite output, and a mask that masks
+    nothing changes nothing (the fused kernels disagree on this by themselves)."""
+    spec, layer = build(name)
+    inputs = inputs_for(spec, layer, seed=7, query_len=16, context_len=8)
+    if inputs.get(where) is None:
+        pytest.skip(f"{name} takes no {where}")
+    runs = _nonfinite_runs(spec, layer, inputs, where, value)
+    for label, out in runs.items():
+        assert not torch.isfinite(out).all(), f"{name}: {value} in {where} gave finite output ({label})"
+        if value != value:  # NaN in: NaN out (inf may stay inf, e.g. FiLM's (1+gamma)*x)
+            assert out.isnan().any(), f"{name}: NaN in {where} gave no NaN ({label})"
+    if len(runs) == 2:
+        a, b = runs.values()
+        assert torch.equal(torch.isfinite(a), torch.isfinite(b)), f"{name}: the mask changed which outputs are finite"
+
+
+def test_nonfinite_check_fails_without_the_propagation(monkeypatch):
+    """Taking the NaN propagation out of attend brings back the fused kernel's finite rows."""
+    import zoo.functional
+
+    monkeypatch.setattr(zoo.functional, "_propagate_nonfinite", lambda out, q, k, v: out)
+    with pytest.raises(AssertionError, match="finite"):
+        test_nonfinite_in_gives_nonfinite_out_with_and_without_a_mask("cross", "x", float("nan"))
+
+
+def test_nonfinite_rule_is_per_row_and_per_batch_element():
+    """A NaN query poisons its own row only; a NaN key poisons its own batch element only."""
+    from zoo.functional import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 4, generator=g) for _ in range(3))
+    q[0, 1, 3, 0] = float("nan")
+    out = attend(q, k, v)
+    assert out[0, 1, 3].isnan().all() and out.isnan().sum() == 4
+    k[1, 0, 2, 1] = float("inf")
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 2] = False  # masked out, still poisons its batch element: the rule ignores masks
+    out = attend(q, k, v, mask)
+    assert out[1].isnan().all() and out[0].isnan().sum() == 4
+    # with finite inputs the propagation is invisible, gradients included
+    q, k, v = (torch.randn(2, 2, 5, 4, generator=g).requires_grad_(True) for _ in range(3))
+    grads = torch.autograd.grad(attend(q, k, v).square().sum(), (q, k, v))
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    for got, want in zip(grads, torch.autograd.grad(plain.square().sum(), (q, k, v))):
+        torch.testing.assert_close(got, want)
+
+
+def test_mask_on_another_device_is_a_clear_error():
+    """Every registered variant refuses a context_mask on another device than its inputs."""
+    for name in registered():
+        spec, layer = build(name)
+        inputs = inputs_for(spec, layer, seed=8)
+        if inputs.get("context") is None or not spec.capabilities.masks:
+            continue
+        inputs["context_mask"] = torch.ones(inputs["context"].shape[:-1], dtype=torch.bool, device="meta")
+        with pytest.raises(ValueError, match="meta"):
+            layer(**inputs)

@@ -8,11 +8,14 @@ input must always succeed.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import zoo
 from variant_utils import build, inputs_for, random_mask, registered
 
 MUTATIONS = [
@@ -101,3 +104,68 @@ def test_property_fails_when_validation_is_removed(monkeypatch):
     with pytest.raises(Exception) as info:
         test_finite_output_or_documented_error("cross")
     assert not isinstance(info.value, pytest.skip.Exception)
+
+
+# -- the input rules of issue 16: device, non-finite values, number fields ---------------
+
+
+@pytest.mark.parametrize("name", registered())
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mask_device_and_nonfinite_inputs(name, data):
+    """A mask on another device is a ValueError; NaN/inf anywhere in x or the context gives
+    non-finite output (never a silently finite one), the same with and without a mask."""
+    dtype = data.draw(st.sampled_from(DTYPES), label="dtype")
+    spec, layer = build(name, dtype=dtype)
+    batch = data.draw(st.integers(1, 3), label="batch")
+    n = data.draw(st.integers(1, 20), label="query_len")
+    m = data.draw(st.integers(1, 9), label="context_len")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    inputs = inputs_for(spec, layer, batch=batch, query_len=n, context_len=m, dtype=dtype, seed=seed)
+    context = inputs.get("context")
+    has_mask = context is not None and spec.capabilities.masks
+    if has_mask and data.draw(st.booleans(), label="mask on meta"):
+        inputs["context_mask"] = torch.ones(context.shape[:-1], dtype=torch.bool, device="meta")
+        with pytest.raises(ValueError, match="device|meta"):
+            layer(**inputs)
+        return
+    where = data.draw(st.sampled_from(["x", "context"] if context is not None else ["x"]), label="where")
+    value = data.draw(st.sampled_from([float("nan"), float("inf"), float("-inf")]), label="value")
+    inputs.pop("context_mask", None)
+    with torch.no_grad():
+        # Outputs that do not depend on `where` at all (RETRO before its first complete chunk
+        # is exactly zero by definition) stay as they are; any that depend on it must not be finite.
+        before = layer(**inputs)
+        nudged = layer(**{**inputs, where: inputs[where] + 1})
+        depends = ~torch.eq(before, nudged)
+        inputs[where] = torch.full_like(inputs[where], value)
+        plain = layer(**inputs)
+        assert not torch.isfinite(plain[depends]).any(), f"{value} in {where} gave finite output"
+        if has_mask:
+            masked = layer(**inputs, context_mask=torch.ones(context.shape[:-1], dtype=torch.bool))
+            assert torch.equal(torch.isfinite(plain), torch.isfinite(masked)), "an all-True mask changed the result"
+
+
+def _number_fields(config):
+    from zoo.config import _numeric_kinds
+
+    return [f for f, info in config.model_fields.items() if _numeric_kinds(info.annotation)]
+
+
+@pytest.mark.parametrize("name", registered())
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_number_fields_refuse_bools_and_strings(name, data):
+    """A bool is not a width and "8" is not 8; a number (as YAML/JSON give it) still loads."""
+    spec = zoo.get_variant(name)
+    fields = _number_fields(spec.config)
+    if not fields:
+        pytest.skip(f"{name} has no number fields")
+    field = data.draw(st.sampled_from(fields), label="field")
+    base = dict(spec.example_configs()[0])
+    bad = data.draw(st.one_of(st.booleans(), st.integers(1, 64).map(str), st.text(max_size=5)), label="value")
+    with pytest.raises(ValueError, match=field):
+        zoo.create(spec, **{**base, field: bad})
+    # the example's own values, through JSON text as a file would carry them, still load
+    config = zoo.create(spec, **base).config
+    assert zoo.create(json.loads(config.model_dump_json())).config == config

@@ -159,7 +159,7 @@ class ChunkedCrossAttention(MultiHeadBase):
         if context.shape[0] != b:
             raise ValueError(f"context has batch size {context.shape[0]} but x has {b}: x {_shape(x)}, context {_shape(context)}")
         if context_mask is not None:
-            validate_mask("context_mask", context_mask, context.shape[:-1], "(B, L, K, R) = ")
+            validate_mask("context_mask", context_mask, context.shape[:-1], "(B, L, K, R) = ", like=w)
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
         self._check(x, context, context_mask)
