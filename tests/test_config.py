@@ -151,3 +151,103 @@ def test_attention_config_accepts_variants_registered_later(cross_registry):
     assert isinstance(cfg.attention, LateConfig)
     schema = ModelConfig.model_json_schema()
     assert "late" in json.dumps(schema) and "cross" in json.dumps(schema)
+
+
+# -- issue 16: config files validated before use, bounded, never expanded -------------------
+
+ALIAS_BOMB = (
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    "b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+    "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+    "f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n"
+    "variant: cross\n"
+)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bomb.yaml", ALIAS_BOMB.encode(), "YAML aliases"),
+        ("alias.yaml", b"variant: cross\nquery_dim: &w 8\ncontext_dim: *w\n", "YAML aliases"),
+        ("latin1.yaml", b"variant: cross\n# caf\xe9\n", "not UTF-8"),
+        ("deep.json", b"[" * 5000 + b"]" * 5000, "nested"),
+        ("deep.yaml", b"[" * 5000 + b"]" * 5000, "nested"),
+        ("deep.toml", b"a = " + b"[" * 5000 + b"]" * 5000, "nested"),
+        ("nested.yaml", b"variant: cross\nquery_dim: " + b"[" * 40 + b"]" * 40 + b"\n", "nested more than"),
+        ("huge.yaml", b"variant: cross\n" + b"# padding\n" * 8000, "larger than 64 KiB"),
+        ("unknown.yaml", b"variant: crosss\n", "unknown attention variant 'crosss'"),
+        ("strwidth.json", b'{"variant": "cross", "query_dim": "8"}', "query_dim.*must be an integer"),
+        ("boolwidth.yaml", b"variant: cross\nquery_dim: true\n", "query_dim.*must be an integer"),
+    ],
+)
+def test_bad_config_files_are_value_errors_naming_the_file(cross_registry, tmp_path, name, content, message):
+    import time
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message) as info:
+        zoo.load_config(path)
+    assert str(path) in str(info.value)
+    assert len(str(info.value)) < 2000
+    assert time.perf_counter() - start < 30  # generous: the alias bomb used to take minutes
+
+
+def test_unknown_variant_in_a_file_is_also_a_lookup_error(cross_registry, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("variant: crosss\n")
+    with pytest.raises(zoo.UnknownVariantError) as info:
+        zoo.load_config(path)
+    assert info.value.suggestions[0] == "cross" and str(path) in str(info.value)
+
+
+def test_load_config_on_a_directory(cross_registry, tmp_path):
+    folder = tmp_path / "conf.yaml"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="conf.yaml: is a directory"):
+        zoo.load_config(folder)
+
+
+def test_numbers_load_as_written_but_bools_and_strings_are_refused(cross_registry, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("variant: cross\nquery_dim: 16\ndim_head: 8.0\ndropout: 0\n")
+    cfg = zoo.load_config(path)
+    assert (cfg.query_dim, cfg.dim_head, cfg.dropout) == (16, 8, 0.0)
+    with pytest.raises(ValueError, match="query_dim.*bool"):
+        zoo.create("cross", query_dim=True)
+    with pytest.raises(ValueError, match="dropout.*str"):
+        zoo.create("cross", query_dim=8, dropout="0.1")
+    with pytest.raises(ValueError, match="context_dim.*bool"):
+        zoo.create("cross", query_dim=8, context_dim=False)
+
+
+def test_long_values_are_cut_short_in_messages(cross_registry):
+    with pytest.raises(ValueError) as info:
+        zoo.create("cross", query_dim="9" * 100_000)
+    assert len(str(info.value)) < 2000
+
+
+def test_layer_config_is_frozen(cross_registry):
+    layer = zoo.create("cross", query_dim=16, heads=2, dim_head=4)
+    with pytest.raises(AttributeError, match="config is frozen"):
+        layer.config = layer.config.model_copy(update={"heads": 4})
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        layer.config.heads = 4
+    assert layer.config.heads == 2
+    layer.config = layer.config  # the same config again is a no-op
+    twin = zoo.create(layer.config.model_copy(update={"dropout": 0.1}))  # the documented way
+    assert twin.config.dropout == 0.1 and layer.config.dropout == 0.0
+
+
+def test_frozen_config_survives_copies_and_leaves_plain_modules_alone(cross_registry):
+    import copy
+
+    layer = zoo.create("cross", query_dim=16, heads=2, dim_head=4)
+    clone = copy.deepcopy(layer)
+    assert clone.config == layer.config
+    with pytest.raises(AttributeError, match="frozen"):
+        clone.config = None
+    bare = cross.CrossAttention(16, heads=2, dim_head=4)  # not built by zoo.create
+    assert getattr(bare, "config", None) is None
+    bare.config = layer.config  # the first assignment is allowed (e.g. a classmethod constructor)
+    assert bare.config is layer.config

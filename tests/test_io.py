@@ -81,3 +81,139 @@ def test_failed_save_keeps_the_existing_file(layer, tmp_path, monkeypatch):
 def test_save_needs_a_zoo_layer(tmp_path):
     with pytest.raises(ValueError, match="built by zoo.create"):
         zoo.save(torch.nn.Linear(2, 2), tmp_path / "x.pt")
+
+
+# -- issue 16: every field validated, the config under the checksum, bounded messages ----
+
+
+def _rewrite(path, change):
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+    return path
+
+
+def _set_config(**fields):
+    import json
+
+    def change(payload):
+        payload["config"] = json.dumps({**json.loads(payload["config"]), **fields})
+
+    return change
+
+
+@pytest.mark.parametrize("fields", [{"heads": 4, "dim_head": 2}, {"dropout": 0.5}, {"bias": True}])
+def test_edited_config_fails_the_checksum(layer, tmp_path, fields):
+    path = _rewrite(zoo.save(layer, tmp_path / "layer.pt"), _set_config(**fields))
+    with pytest.raises(ValueError, match=r"layer\.pt: the config and weights do not match their checksum"):
+        zoo.load(path)
+
+
+def _resign(payload):
+    from zoo.io import _digest
+
+    payload["sha256"] = _digest(payload["state_dict"], payload["config"])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p.update(config="{not json"), "field 'config' is not valid JSON"),
+        (lambda p: p.update(config="[1, 2]"), "field 'config' must be a JSON object"),
+        (lambda p: p.pop("config"), "field 'config' must be JSON text"),
+        (lambda p: p.update(config=7), "field 'config' must be JSON text"),
+        (lambda p: p.pop("state_dict"), "field 'state_dict' must be a mapping"),
+        (lambda p: p["state_dict"].update({"extra": "text"}), "field 'state_dict' must map names to dense tensors"),
+        (lambda p: p.update(format=["x"] * 3), "expected a file written by zoo.save"),
+        (lambda p: (_set_config(query_dim=8)(p), _resign(p)), "do not fit the config"),
+        (lambda p: (_set_config(heads="2")(p), _resign(p)), "field 'config' does not validate"),
+        (lambda p: (p.update(config='{"variant": "crosss"}'), _resign(p)), "unknown attention variant 'crosss'"),
+        (lambda p: (p.update(config="[" * 3000 + "]" * 3000), _resign(p)), "field 'config'"),
+    ],
+)
+def test_every_field_is_validated_and_named(layer, tmp_path, change, message):
+    path = _rewrite(zoo.save(layer, tmp_path / "layer.pt"), change)
+    with pytest.raises(ValueError, match=message) as info:
+        zoo.load(path)
+    assert str(path) in str(info.value) and len(str(info.value)) < 1500
+
+
+def test_empty_file_and_directory_are_clear_errors(layer, tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pt: the file is empty"):
+        zoo.load(tmp_path / "empty.pt")
+    with pytest.raises(ValueError, match="not a file"):
+        zoo.load(tmp_path)
+
+
+def test_map_location_meta_and_bogus_are_refused(layer, tmp_path):
+    path = zoo.save(layer, tmp_path / "layer.pt")
+    with pytest.raises(ValueError, match=r"layer\.pt: map_location='meta' would load no data"):
+        zoo.load(path, map_location="meta")
+    with pytest.raises(ValueError, match=r"layer\.pt: map_location 'bogus' is not a device"):
+        zoo.load(path, map_location="bogus")
+    assert zoo.load(path, map_location=torch.device("cpu")).config == layer.config
+
+
+def test_nested_shared_list_gives_a_short_message(layer, tmp_path):
+    """A 1.4 KB file whose lists share their items has an astronomically long repr."""
+    nested = []
+    for _ in range(40):
+        nested = [nested, nested]
+    path = _rewrite(zoo.save(layer, tmp_path / "layer.pt"), lambda p: p.update(format=nested))
+    with pytest.raises(ValueError, match="expected a file written by zoo.save") as info:
+        zoo.load(path)
+    assert len(str(info.value)) < 400
+
+
+def test_save_to_a_directory_names_it_not_a_temp_file(layer, tmp_path):
+    with pytest.raises(ValueError, match="is a directory") as info:
+        zoo.save(layer, tmp_path)
+    assert ".tmp" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_older_format_still_loads_with_a_warning(layer, tmp_path):
+    from zoo.io import _digest
+
+    def to_v1(payload):
+        payload["format"] = "attention-zoo/layer/1"
+        payload["sha256"] = _digest(payload["state_dict"], None)
+
+    path = _rewrite(zoo.save(layer, tmp_path / "layer.pt"), to_v1)
+    with pytest.warns(UserWarning, match="save it again"):
+        assert zoo.load(path).config == layer.config
+
+
+def test_concurrent_saves_leave_one_complete_file(cross_registry, tmp_path):
+    """Writers racing on one path: the file is always one whole version, no temp file stays."""
+    import threading
+
+    path = tmp_path / "layer.pt"
+    layers = [zoo.create("cross", query_dim=16, heads=2, dim_head=4 * (1 + i % 2)) for i in range(4)]
+    errors = []
+
+    def save_many(layer):
+        try:
+            for _ in range(15):
+                zoo.save(layer, path)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save_many, args=(m,)) for m in layers]
+    for t in threads:
+        t.start()
+    for _ in range(30):  # read while they write: never a partial file
+        if path.exists():
+            assert zoo.load(path).config.dim_head in (4, 8)
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert [p.name for p in tmp_path.iterdir()] == ["layer.pt"]
+    assert zoo.load(path).config.dim_head in (4, 8)
+
+
+def test_save_refuses_weights_that_no_longer_fit_the_config(layer, tmp_path):
+    layer.to_q = torch.nn.Linear(16, 4, bias=True)  # swapped after zoo.create
+    with pytest.raises(ValueError, match="do not match its config"):
+        zoo.save(layer, tmp_path / "layer.pt")
