@@ -42,7 +42,7 @@ def closest(word: str, candidates: Iterable[str], n: int = 3,
     merely contains it.
     """
     candidates = list(dict.fromkeys(candidates))
-    hits = difflib.get_close_matches(word, candidates, n=len(candidates), cutoff=0.5)
+    hits = difflib.get_close_matches(word, candidates, n=max(1, len(candidates)), cutoff=0.5)
     if not hits:
         lowered = word.lower()
         hits = [c for c in candidates if lowered in c.lower() or c.lower() in lowered]
