@@ -38,8 +38,8 @@ def closest(word: str, candidates: Iterable[str], n: int = 3,
     """The names most similar to ``word`` (best first).
 
     Names in ``preferred`` (a registry's canonical names, as opposed to aliases)
-    come before the others: ``crosss`` suggests ``cross`` before an alias that
-    merely contains it.
+    come before the others, so a misspelt name suggests the canonical name
+    before an alias that happens to be spelt closer.
     """
     candidates = list(dict.fromkeys(candidates))
     hits = difflib.get_close_matches(word, candidates, n=max(1, len(candidates)), cutoff=0.5)

@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _usage_problem(args: argparse.Namespace) -> str | None:
     """A one-line reason why these arguments cannot run (checked before any work)."""
-    from zoo.bench.cases import shape_for
+    from zoo.bench.cases import SHAPES, shape_for
     from zoo.cli import usage_device, usage_output_path
 
     for option, value in (("--repeat", args.repeat), ("--threads", args.threads)):
@@ -62,13 +62,14 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return f"--budget must be a number of seconds >= 0, got {args.budget}"
     size = "quick" if args.quick and args.size == "full" else args.size
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    known = ", ".join(SHAPES["full"])
     if not shapes:
-        return "--shapes is empty; use sd, long or retro (comma-separated)"
+        return f"--shapes is empty; use {known} (comma-separated)"
     for shape in shapes:
         try:
             shape_for(size, shape)
         except (KeyError, ValueError):
-            return f"--shapes: unknown shape {shape!r}; use sd, long or retro (comma-separated)"
+            return f"--shapes: unknown shape {shape!r}; use {known} (comma-separated)"
     for dtype in (d.strip() for d in args.dtype.split(",")):
         if dtype not in ("float32", "bfloat16", "float16", "float64"):
             return f"--dtype: unknown dtype {dtype!r}; use float32, bfloat16, float16 or float64"
