@@ -177,7 +177,7 @@ def main(argv=None) -> int:
                     "peer_over_zoo": round(s["peer"].median / s["zoo"].median, 3),
                     "max_abs_diff": diff,
                 })
-    from zoo.cli import format_table
+    from zoo.text import format_table
 
     print(format_table(("peer", "shape", "dtype", "pass", "zoo ms", "bare ms", "peer ms", "peer/bare",
                         "zoo/bare", "same output"),

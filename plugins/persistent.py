@@ -394,3 +394,27 @@ SPEC = zoo.VariantSpec(
 @zoo.hookimpl
 def zoo_register_variants(register):
     register(SPEC)
+
+
+# --------------------------------------------------------------------------- benchmark (`zoo bench`)
+
+
+def bare_sdpa(m: PersistentMemoryAttention, x: Tensor, context: Tensor, **_) -> Tensor:
+    """By hand: SDPA over the persistent memory concatenated with the context's keys and
+    values (memory first, as x-transformers; the order does not change the result)."""
+    import torch.nn.functional as F
+
+    def heads(t: Tensor) -> Tensor:
+        return t.unflatten(-1, (m.config.heads, -1)).transpose(1, 2)
+
+    b = x.shape[0]
+    q = heads(F.linear(x, m.to_q.weight, m.to_q.bias))
+    k = heads(F.linear(context, m.to_k.weight, m.to_k.bias))
+    v = heads(F.linear(context, m.to_v.weight, m.to_v.bias))
+    k = torch.cat([m.memory_k.unsqueeze(0).expand(b, -1, -1, -1), k], dim=2)
+    v = torch.cat([m.memory_v.unsqueeze(0).expand(b, -1, -1, -1), v], dim=2)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
+    return F.linear(o, m.to_out[0].weight, m.to_out[0].bias)
+
+
+SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=zoo.STANDARD_SHAPES, baseline=bare_sdpa))

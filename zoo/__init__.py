@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from zoo.benchspec import STANDARD_SHAPES, BenchShape, BenchSpec, Workload
 from zoo.config import AttentionConfig, VariantConfig, create, load_config
 from zoo.errors import PluginError, RegistrationError, UnknownVariantError
 from zoo.hookspecs import hookimpl
@@ -24,14 +25,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AttentionConfig",
+    "BenchShape",
+    "BenchSpec",
     "Capabilities",
     "CheckReport",
     "Law",
     "PluginError",
     "RegistrationError",
+    "STANDARD_SHAPES",
     "UnknownVariantError",
     "VariantConfig",
     "VariantSpec",
+    "Workload",
     "check",
     "create",
     "get_variant",

@@ -18,6 +18,7 @@ Environment variables:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import os
 import threading
@@ -198,7 +199,8 @@ class Registry:
     def _register_from_plugin(self, spec: Any, info: PluginInfo) -> None:
         try:
             spec = validate_spec(spec)
-            spec = spec.replace(plugin=info.name, distribution=info.distribution)
+            spec = dataclasses.replace(spec)  # the registry's own copy carries the provenance
+            object.__setattr__(spec, "_provenance", (info.name, info.distribution))
             self._add(spec)
         except RegistrationError as exc:
             info.problems.append(str(exc))
@@ -258,6 +260,13 @@ class Registry:
         if spec is None:
             raise UnknownVariantError(name, [*self._specs, *self._aliases], canonical=self._specs)
         return spec
+
+    def provenance(self, name: str) -> dict[str, str | None]:
+        """Where a registered variant came from: ``{"plugin", "distribution"}`` (both
+        ``None`` for an in-process :meth:`register`). Recorded by the registry, never
+        written by the variant's author."""
+        spec = self.get(name)
+        return {"plugin": spec.plugin, "distribution": spec.distribution}
 
     def plugins(self) -> list[PluginInfo]:
         """Every plugin seen, loaded or failed, sorted by name."""

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     import torch
     from pydantic import BaseModel
 
+    from zoo.benchspec import BenchSpec
+
 __all__ = ["Capabilities", "Law", "VariantSpec", "default_make_inputs", "validate_spec"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
@@ -114,7 +116,12 @@ class VariantSpec:
         tolerances: per-dtype ``(atol, rtol)`` for the harness's oracle comparisons,
             keyed ``"float32"``, ``"float64"``, ``"bfloat16"``; unset keys keep the
             harness defaults (:data:`zoo.harness.checks.TOLERANCES`).
-        plugin, distribution: where the spec came from (filled in by the registry).
+        bench: what ``zoo bench`` times and against what (:class:`zoo.BenchSpec`);
+            ``None``: default workloads from ``make_inputs``, absolute numbers, no ratio.
+
+    Where a registered spec came from is not the author's to write: the registry
+    records it (:meth:`zoo.registry.Registry.provenance`) and the read-only
+    properties :attr:`plugin`, :attr:`distribution` and :attr:`source` report it.
     """
 
     name: str
@@ -132,12 +139,29 @@ class VariantSpec:
     complexity: str | None = None
     context_shape: str | None = None
     tolerances: Mapping[str, tuple[float, float]] | None = None
-    plugin: str | None = None
-    distribution: str | None = None
+    bench: BenchSpec | None = None
+    # set by the registry on the copy it holds (object.__setattr__); never by an author
+    _provenance: tuple[str | None, str | None] | None = field(default=None, init=False, repr=False, compare=False)
 
     def replace(self, **changes: Any) -> VariantSpec:
-        """A copy with ``changes`` applied (the spec itself is immutable)."""
+        """A copy with ``changes`` applied (the spec itself is immutable).
+
+        The copy is not registered, so it carries no provenance; ``plugin`` and
+        ``distribution`` are accepted (and ignored) for older callers.
+        """
+        changes.pop("plugin", None)
+        changes.pop("distribution", None)
         return dataclasses.replace(self, **changes)
+
+    @property
+    def plugin(self) -> str | None:
+        """The plugin (entry-point name) that registered this spec, if any (read-only)."""
+        return self._provenance[0] if self._provenance else None
+
+    @property
+    def distribution(self) -> str | None:
+        """The distribution that shipped that plugin, if known (read-only)."""
+        return self._provenance[1] if self._provenance else None
 
     @property
     def source(self) -> str:

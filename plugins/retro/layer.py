@@ -340,3 +340,44 @@ SPEC = zoo.VariantSpec(
     complexity="O(N·K·R·h·d) time, O((N+L·K·R)·h·d) memory",
     context_shape="(B, L, K, R, Dc), L = N // chunk_size",
 )
+
+
+# --------------------------------------------------------------------------- benchmark (`zoo bench`)
+
+
+def bare_sdpa(m: ChunkedCrossAttention, x: Tensor, context: Tensor, **_) -> Tensor:
+    """RETRO's chunked cross-attention by hand, the paper's listing (Borgeaud et al.,
+    2021, App. B): shift the queries left by ``chunk_size - 1`` (zero-padding the end),
+    fold the chunks into the batch, attend each chunk to its ``K*R`` neighbour tokens in
+    one SDPA call, unfold, and shift back (zero-padding the start)."""
+    h, cs = m.config.heads, m.config.chunk_size
+    b, n, _ = x.shape
+    _, n_chunks, k_nb, r, dc = context.shape
+
+    def heads(t: Tensor) -> Tensor:
+        return t.unflatten(-1, (h, -1)).transpose(1, 2)
+
+    q = F.linear(x, m.to_q.weight, m.to_q.bias)
+    q = F.pad(q[:, cs - 1: n_chunks * cs], (0, 0, 0, cs - 1))  # (b, L*cs, h*d): attending positions
+    q = heads(q.reshape(b * n_chunks, cs, -1))
+    c = context.reshape(b * n_chunks, k_nb * r, dc)
+    k = heads(F.linear(c, m.to_k.weight, m.to_k.bias))
+    v = heads(F.linear(c, m.to_v.weight, m.to_v.bias))
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
+    o = F.linear(o, m.to_out[0].weight, m.to_out[0].bias).reshape(b, n_chunks * cs, -1)
+    return F.pad(o, (0, 0, cs - 1, n - n_chunks * cs))[:, :n]
+
+
+def _retro_workload(b: int, n: int, k: int, r: int, width: int, h: int, d: int, chunk: int) -> zoo.Workload:
+    # make_inputs reads context_len as K * R neighbour tokens per chunk (K = 2)
+    return zoo.Workload(b, n, k * r, {"query_dim": width, "context_dim": width, "heads": h, "dim_head": d,
+                                      "chunk_size": chunk})
+
+
+BENCH_SHAPE = zoo.BenchShape(
+    "retro", "RETRO: chunks of 64 attend to K=2 neighbours of R=128 tokens",
+    full=_retro_workload(2, 2048, 2, 128, 512, 8, 64, 64),
+    quick=_retro_workload(1, 512, 2, 128, 512, 8, 64, 64),
+    tiny=_retro_workload(1, 32, 2, 4, 32, 2, 16, 8),
+)
+SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=(BENCH_SHAPE,), baseline=bare_sdpa, target=1.10))

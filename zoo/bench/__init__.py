@@ -1,8 +1,9 @@
 """``zoo bench``: is a zoo layer as fast as the layer you would write by hand?
 
-Every variant is timed against a bare baseline written in :mod:`zoo.bench.baselines`
-(the same mathematics, the same weights, one ``scaled_dot_product_attention`` call),
-interleaved in the same process, forward and forward+backward, float32 and bfloat16;
+Every variant is timed at the workloads its spec's :class:`zoo.BenchSpec` names, against
+the baseline that spec gives (the same mathematics on the same weights, written by hand:
+one ``scaled_dot_product_attention`` call for an attention variant), interleaved in the
+same process, forward and forward+backward, float32 and bfloat16;
 peak memory is measured in fresh processes; then the system checks (dispatch
 overhead, import time, memory scaling, GFLOP/s against peak matmul). The table goes
 to stdout, progress to stderr, the JSON (schema in :mod:`zoo.bench.report`) to
@@ -21,24 +22,29 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Time every variant (forward, forward+backward) and its peak memory against a bare "
-        "scaled_dot_product_attention baseline with the same weights, interleaved in one "
-        "process; print medians and ratios and write them as JSON."
+        "Time every variant (forward, forward+backward) and its peak memory against the "
+        "hand-written baseline its spec gives (bare scaled_dot_product_attention for attention) "
+        "with the same weights, interleaved in one process; print medians and ratios and write "
+        "them as JSON."
     )
     parser.add_argument("names", nargs="*", metavar="NAME",
-                        help="variants to benchmark (default: every registered variant with a baseline)")
+                        help="variants to benchmark (default: every registered variant; one without "
+                             "bench information in its spec is timed with no ratio)")
     parser.add_argument("--quick", action="store_true",
-                        help="smaller sequence lengths and 3 rounds (CI smoke run, well under a minute)")
+                        help="smoke run: the 'quick' workloads, float32, 6 rounds, verdicts only where a 95%% "
+                             "interval over paired rounds settles them (about a minute on 2 busy cores)")
     parser.add_argument("--size", choices=("full", "quick", "tiny"), default="full",
                         help="shape set: full (the issue's shapes), quick (= --quick), tiny (tests)")
-    parser.add_argument("--dtype", default="float32,bfloat16", help="comma-separated dtypes (default: %(default)s)")
-    parser.add_argument("--shapes", default="sd,long,retro",
-                        help="comma-separated shapes: sd, long, retro (default: %(default)s)")
+    parser.add_argument("--dtype", default=None,
+                        help="comma-separated dtypes (default: float32,bfloat16; float32 with --quick)")
+    parser.add_argument("--shapes", default=None, metavar="NAMES",
+                        help="comma-separated workload names from the variants' bench specs, e.g. sd,long "
+                             "(default: every workload of each variant)")
     parser.add_argument("--repeat", type=int, default=None,
-                        help="interleaved rounds per measurement (default: 21, 3 with --quick)")
+                        help="interleaved rounds per measurement (default: 21, 6 with --quick)")
     parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                         help="cheap measurements take more rounds (up to 4x --repeat) to fill about this "
-                             "many seconds (default: 4, 0.5 with --quick)")
+                             "many seconds (default: 4, 0.25 with --quick)")
     parser.add_argument("--json", metavar="PATH", default=None,
                         help="write the results here (default: benchmarks/results/cpu.json in the repository)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")

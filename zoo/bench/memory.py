@@ -52,8 +52,9 @@ def hwm_resettable() -> bool:
 def measure(job: dict[str, Any], *, timeout: float = 600.0) -> dict[str, float]:
     """Measure ``job`` in fresh processes; returns ``{pass: MiB above baseline}``.
 
-    ``job``: ``{"variant", "impl": "zoo"|"bare", "shape": Shape.as_dict(), "dtype",
-    "passes": [...], "device", "threads"}``.
+    ``job``: ``{"variant", "impl": "zoo"|"bare", "dtype", "passes": [...], "device",
+    "threads"}`` and either ``"shape"`` (a workload name of the variant's bench) with
+    ``"size"``, or ``"workload"`` (:meth:`zoo.Workload.as_dict`).
     """
     if job.get("device", "cpu") == "cpu" and not hwm_resettable():
         out: dict[str, float] = {}
@@ -96,24 +97,27 @@ def _worker(job: dict[str, Any]) -> dict[str, float]:
     import torch
 
     import zoo
-    from zoo.bench import baselines
-    from zoo.bench.cases import Shape, layer_fields, make_inputs, workload
+    from zoo.bench.cases import bench_of, build, workload
+    from zoo.benchspec import Workload
 
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     device = job.get("device", "cpu")
     dtype = getattr(torch, job["dtype"])
-    shape = Shape(**job["shape"])
     spec = zoo.get_variant(job["variant"])
-    module = zoo.create(spec, **layer_fields(spec.config, shape)).to(device=device, dtype=dtype)
-    x, context = make_inputs(shape, dtype=dtype, device=device)
+    bench = bench_of(spec)
+    if "workload" in job:
+        wl = Workload(**job["workload"])
+    else:
+        wl = next(s for s in bench.shapes if s.name == job["shape"]).at(job["size"])
+    module, inputs = build(spec, wl, dtype=dtype, device=device)
     if job["impl"] == "zoo":
         fn = module
     else:
-        bare = baselines.baseline_for(spec.name)
+        bare = bench.baseline
 
-        def fn(a, c):
-            return bare(module, a, c)
+        def fn(**kw):
+            return bare(module, **kw)
 
     params = list(module.parameters())
     out: dict[str, float] = {}
@@ -122,7 +126,7 @@ def _worker(job: dict[str, Any]) -> dict[str, float]:
             module.eval()
         else:
             module.train()
-        run = workload(fn, params, x, context, p)
+        run = workload(fn, params, inputs, p)
         if device.startswith("cuda"):
             run()
             torch.cuda.synchronize()

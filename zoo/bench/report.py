@@ -1,6 +1,6 @@
 """The printed table, the JSON document, and the progress display.
 
-JSON schema (``"schema": "zoo-bench/1"``), read by the catalog (``zoo/catalog.py``)::
+JSON schema (``"schema": "zoo-bench/1"``), read by the catalog (:mod:`zoo.catalog`)::
 
     {
       "schema": "zoo-bench/1",
@@ -11,13 +11,15 @@ JSON schema (``"schema": "zoo-bench/1"``), read by the catalog (``zoo/catalog.py
       "settings": {"size", "repeat", "dtypes", "shapes", "memory"},
       "shapes": {"sd": {"batch", "query_len", "context_len", ...}, ...},
       "results": [                       # one per variant x shape x dtype x pass
-        {"variant": "cross", "shape": "sd", "dtype": "float32", "pass": "fwd",
+        {"variant": "<name>", "shape": "sd", "dtype": "float32", "pass": "fwd",
          "zoo_ms": 10.1, "baseline_ms": 10.0, "ratio": 1.01, "target": 1.05, "met": true,
          "zoo_iqr_ms": [..], "baseline_iqr_ms": [..],
          "paired_ratio": 1.01,            # median over rounds of zoo/bare within a round
          "rounds": 11, "calls_per_round": 1,
          "max_abs_diff": 0.0,
-         "compare": {"variant": "cross", "ms": 12.3, "ratio": 0.05}}   # film only
+         "baseline": "bare SDPA",          # the spec's baseline_label; null: no baseline, no ratio
+         "paired_ratio_ci95": [0.98, 1.03],  # 95 % interval of the median paired ratio (>= 6 rounds)
+         "compare": {"variant": "...", "ms": 12.3, "ratio": 0.05}}   # when the spec names one
       ],
       "memory": [                        # peak MiB above baseline, one per result row
         {"variant", "shape", "dtype", "pass", "zoo_mib", "baseline_mib", "ratio"}
@@ -35,15 +37,20 @@ JSON schema (``"schema": "zoo-bench/1"``), read by the catalog (``zoo/catalog.py
       "all_met": true
     }
 
-``ratio`` is ``zoo_ms / baseline_ms``, both medians over the same interleaved rounds.
+``ratio`` is ``zoo_ms / baseline_ms``, both medians over the same interleaved rounds;
+``met`` is ``null`` where no verdict is given (no baseline, or a smoke run whose interval
+straddles the target).
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 import sys
 import time
 from pathlib import Path
+
+from zoo.text import format_table
 
 __all__ = ["Progress", "format_results", "format_memory", "format_system", "write_json", "SCHEMA"]
 
@@ -96,66 +103,91 @@ class Progress:
             self.stream.flush()
 
 
+WIDTH = 100  # every printed table fits 100 columns
+_SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
+
+
 def _verdict(met: bool | None) -> str:
     return "-" if met is None else ("ok" if met else "MISS")
 
 
-def format_results(results: list[dict]) -> str:
-    from zoo.cli import format_table
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
-    rows = []
+
+def format_results(results: list[dict]) -> str:
+    """The timing table, one row per variant, workload, dtype and pass, then one note
+    line per variant whose baseline is not bare SDPA, has none, or has a comparison
+    (fits 100 columns)."""
+    rows, notes = [], {}
     for r in results:
-        note = ""
+        name = r["variant"]
+        if r.get("baseline") is None:
+            notes.setdefault(name, {})["base"] = "no baseline in its spec: absolute times, no ratio"
+        elif r["baseline"] != "bare SDPA":
+            notes.setdefault(name, {})["base"] = f"baseline = {r['baseline']}"
         if "compare" in r:
             c = r["compare"]
-            note = f"{c['variant']} {c['ms']:.2f} ms: film is {c['ratio']:.3f}x of it"
+            notes.setdefault(name, {}).setdefault("compare", []).append(
+                f"{r['shape']} {_SHORT.get(r['dtype'], r['dtype'])} {r['pass']}: {c['ratio']:.2f}x")
+            notes[name]["with"] = c["variant"]
         if r.get("mismatch"):
-            note = f"OUTPUT MISMATCH {r['max_abs_diff']:.2e}"
-        rows.append((r["variant"], r["shape"], r["dtype"], r["pass"], f"{r['zoo_ms']:.2f}",
-                     f"{r['baseline_ms']:.2f}", f"{r['ratio']:.3f}", f"{r['target']:.2f}",
-                     _verdict(r["met"]), note))
-    return format_table(("variant", "shape", "dtype", "pass", "zoo ms", "bare ms", "ratio", "target",
-                         "verdict", "note"), rows)
+            notes.setdefault(name, {}).setdefault("diff", []).append(
+                f"OUTPUT MISMATCH {r['shape']} {r['dtype']}: {r['max_abs_diff']:.1e}")
+        ci = r.get("paired_ratio_ci95")
+        rows.append((name, r["shape"], _SHORT.get(r["dtype"], r["dtype"]), r["pass"], _ms(r["zoo_ms"]),
+                     _ms(r.get("baseline_ms")), "-" if r.get("ratio") is None else f"{r['ratio']:.3f}",
+                     f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-",
+                     "-" if r.get("target") is None else f"{r['target']:.2f}", _verdict(r["met"])))
+    table = format_table(("variant", "shape", "dtype", "pass", "zoo ms", "base ms", "ratio", "95% CI", "target",
+                          "verdict"), rows, wrap_last=False)
+    lines = []
+    for name, n in notes.items():
+        parts = [n["base"]] if "base" in n else []
+        if "compare" in n:
+            parts.append(f"time as a fraction of {n['with']}'s: " + ", ".join(n["compare"]))
+        parts += n.get("diff", [])
+        lines += textwrap.wrap(f"{name}: " + "; ".join(parts), WIDTH, subsequent_indent="    ")
+    return table + ("\n\n" + "\n".join(lines) if lines else "")
 
 
 def format_memory(memory: list[dict]) -> str:
-    from zoo.cli import format_table
-
-    rows = [(m["variant"], m["shape"], m["dtype"], m["pass"], f"{m['zoo_mib']:.1f}",
-             f"{m['baseline_mib']:.1f}", f"{m['ratio']:.2f}" if m["ratio"] is not None else "-")
+    rows = [(m["variant"], m["shape"], _SHORT.get(m["dtype"], m["dtype"]), m["pass"], f"{m['zoo_mib']:.1f}",
+             "-" if m.get("baseline_mib") is None else f"{m['baseline_mib']:.1f}",
+             f"{m['ratio']:.2f}" if m.get("ratio") is not None else "-")
             for m in memory]
-    return format_table(("variant", "shape", "dtype", "pass", "zoo MiB", "bare MiB", "ratio"), rows,
+    return format_table(("variant", "shape", "dtype", "pass", "zoo MiB", "base MiB", "ratio"), rows,
                         wrap_last=False)
 
 
 def format_system(system: dict) -> str:
-    from zoo.cli import format_table
-
+    """The system checks; the measured column wraps so the table fits 100 columns."""
     rows = []
     for d in system.get("dispatch", []):
-        rows.append((f"dispatch overhead ({d['variant']})",
-                     f"{d['overhead_us']:.1f} us (zoo {d['zoo_us']:.1f} us, bare {d['baseline_us']:.1f} us)",
-                     f"< {d['target_us']:.0f} us", _verdict(d["met"])))
+        rows.append((f"dispatch ({d['variant']})", f"< {d['target_us']:.0f} us", _verdict(d["met"]),
+                     f"{d['overhead_us']:.1f} us (zoo {d['zoo_us']:.1f}, bare {d['baseline_us']:.1f})"))
     imp = system.get("import")
     if imp:
-        rows.append(("import zoo + plugin discovery", f"{imp['seconds']:.3f} s beyond torch "
-                     f"({imp['variants_discovered']} variants)", f"< {imp['target_s']} s", _verdict(imp["met"])))
+        rows.append(("import + discovery", f"< {imp['target_s']} s", _verdict(imp["met"]),
+                     f"{imp['seconds']:.3f} s beyond torch ({imp['variants_discovered']} variants)"))
     ms = system.get("memory_scaling")
     if ms:
-        parts = ", ".join(f"N=M={r['length']}: {r['zoo_mib']:.0f} MiB (bare {r['bare_mib']:.0f})" for r in ms["rows"])
-        rows.append(("peak memory, fwd, fp32", parts + f"; growth {ms['growth']:.2f}x "
-                     f"(linear {ms['expected_linear_growth']:.0f}x, N x M {ms['expected_linear_growth'] ** 2:.0f}x)",
-                     f"< {ms['target_mib']:.0f} MiB, <= {ms['growth_limit']:.0f}x", _verdict(ms["met"])))
+        parts = ", ".join(f"N=M={r['length']}: {r['zoo_mib']:.0f} MiB"
+                          + (f" (bare {r['bare_mib']:.0f})" if "bare_mib" in r else "") for r in ms["rows"])
+        rows.append((f"peak memory ({ms.get('variant', '?')})",
+                     f"< {ms['target_mib']:.0f} MiB, <= {ms['growth_limit']:.0f}x", _verdict(ms["met"]),
+                     parts + f"; growth {ms['growth']:.2f}x (linear {ms['expected_linear_growth']:.0f}x, "
+                     f"N x M {ms['expected_linear_growth'] ** 2:.0f}x)"))
     for name, g in system.get("gflops", {}).items():
-        rows.append((f"fused attention GFLOP/s ({name})",
-                     f"SDPA {g['sdpa_gflops']:.0f}: {g['sdpa_fraction_of_matmul']:.0%} of same-round matmul "
-                     f"({g['matmul_median_gflops']:.0f}), {g['sdpa_fraction_of_peak']:.0%} of its best sample "
-                     f"({g['matmul_peak_gflops']:.0f})", "~70%", "-"))
+        rows.append((f"SDPA GFLOP/s ({_SHORT.get(name, name)})", "~70%", "-",
+                     f"{g['sdpa_gflops']:.0f}: {g['sdpa_fraction_of_matmul']:.0%} of same-round matmul "
+                     f"({g['matmul_median_gflops']:.0f}), {g['sdpa_fraction_of_peak']:.0%} of its best "
+                     f"({g['matmul_peak_gflops']:.0f})"))
         if "layer_gflops" in g:
-            rows.append((f"zoo {g['layer']} layer GFLOP/s ({name}, fwd)",
-                         f"{g['layer_gflops']:.0f} (projections included): {g['layer_fraction_of_matmul']:.0%} of "
-                         f"same-round matmul, {g['layer_fraction_of_peak']:.0%} of best", "-", "-"))
-    return format_table(("system check", "measured", "target", "verdict"), rows, wrap_last=False)
+            rows.append((f"{g['layer']} GFLOP/s ({_SHORT.get(name, name)})", "-", "-",
+                         f"{g['layer_gflops']:.0f} (projections included): {g['layer_fraction_of_matmul']:.0%} "
+                         f"of same-round matmul, {g['layer_fraction_of_peak']:.0%} of best"))
+    return format_table(("system check", "target", "verdict", "measured"), rows, width=WIDTH)
 
 
 def write_json(doc: dict, path: str | Path) -> Path:
@@ -183,7 +215,7 @@ def to_markdown(doc: dict) -> str:
         "",
         "Shapes: " + "; ".join(f"`{k}` {_describe(v)}" for k, v in doc["shapes"].items()) + ".",
         "",
-        "### Time: zoo layer vs bare SDPA baseline",
+        "### Time: zoo layer vs the baseline its spec gives (bare SDPA for attention)",
         "",
     ]
     rows = []
@@ -191,33 +223,40 @@ def to_markdown(doc: dict) -> str:
         note = ""
         if "compare" in r:
             c = r["compare"]
-            note = f"zoo {c['variant']} at this shape: {c['ms']:.2f} ms (film = {c['ratio']:.3f}x of it)"
-        rows.append((r["variant"], r["shape"], r["dtype"], r["pass"], f"{r['zoo_ms']:.2f}", f"{r['baseline_ms']:.2f}",
-                     f"**{r['ratio']:.3f}**", f"{r.get('paired_ratio', float('nan')):.3f}", r.get("rounds", ""),
-                     f"<= {r['target']:.2f}", "met" if r["met"] else "**missed**", note))
+            note = f"zoo {c['variant']} at this shape: {c['ms']:.2f} ms ({r['variant']} = {c['ratio']:.3f}x of it)"
+        if r.get("baseline") and r["baseline"] != "bare SDPA":
+            note = (f"baseline: {r['baseline']}; " + note).rstrip("; ")
+        ratio, paired = r.get("ratio"), r.get("paired_ratio")
+        verdict = "-" if r.get("met") is None else ("met" if r["met"] else "**missed**")
+        rows.append((r["variant"], r["shape"], r["dtype"], r["pass"], _ms(r["zoo_ms"]), _ms(r.get("baseline_ms")),
+                     "-" if ratio is None else f"**{ratio:.3f}**", "-" if paired is None else f"{paired:.3f}",
+                     r.get("rounds", ""), "-" if r.get("target") is None else f"<= {r['target']:.2f}",
+                     verdict, note))
     lines.append(_md_table(("variant", "shape", "dtype", "pass", "zoo ms", "bare ms", "ratio", "paired ratio",
                             "rounds", "target", "verdict", "note"), rows))
     if doc.get("memory"):
         lines += ["", "### Peak memory of one call above the process baseline (MiB, fresh process each)", ""]
         lines.append(_md_table(("variant", "shape", "dtype", "pass", "zoo MiB", "bare MiB", "ratio"),
                                [(x["variant"], x["shape"], x["dtype"], x["pass"], f"{x['zoo_mib']:.1f}",
-                                 f"{x['baseline_mib']:.1f}", "-" if x["ratio"] is None else f"{x['ratio']:.2f}")
+                                 _ms(x.get("baseline_mib")), "-" if x["ratio"] is None else f"{x['ratio']:.2f}")
                                 for x in doc["memory"]]))
     sysd = doc.get("system") or {}
     if sysd:
         lines += ["", "### System checks", "", "```", format_system(sysd), "```"]
     if doc.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(doc["skipped"])]
-    lines += ["", "All targets met." if doc["all_met"] else "**Some targets missed.**"]
+    if doc["settings"].get("verdicts", True):
+        lines += ["", "All targets met." if doc["all_met"] else "**Some targets missed.**"]
+    else:
+        lines += ["", "Smoke run: verdicts only where a 95 % interval over paired rounds settles them."]
     return "\n".join(lines) + "\n"
 
 
 def _describe(shape: dict) -> str:
-    if shape.get("chunk_size"):
-        return (f"B={shape['batch']} N={shape['query_len']} chunk={shape['chunk_size']} K={shape['neighbours']} "
-                f"R={shape['context_len']} width {shape['query_dim']}, {shape['heads']} heads of {shape['dim_head']}")
-    return (f"B={shape['batch']} N={shape['query_len']} M={shape['context_len']} query {shape['query_dim']} "
-            f"context {shape['context_dim']}, {shape['heads']} heads of {shape['dim_head']}")
+    if "config" in shape:  # a workload (zoo.Workload.as_dict)
+        extra = " ".join(f"{k}={v}" for k, v in shape["config"].items())
+        return f"B={shape['batch']} N={shape['query_len']} M={shape['context_len']} {extra}".strip()
+    return " ".join(f"{k}={v}" for k, v in shape.items())
 
 
 if __name__ == "__main__":

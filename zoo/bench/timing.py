@@ -121,3 +121,26 @@ def interleaved(
         if on_round is not None:
             on_round(r + 1, repeat)
     return out
+
+
+def median_ci(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median of ``values`` (order
+    statistics of the binomial(n, 1/2)); ``None`` when there are too few values for
+    that confidence (fewer than 6 at 95 %).
+
+    Used on paired ratios (zoo / baseline within one round): a smoke run gives a
+    verdict only when the whole interval lies on one side of the target.
+    """
+    n = len(values)
+    xs = sorted(values)
+    alpha = 1.0 - confidence
+    # largest k with P(Bin(n, 1/2) <= k - 1) <= alpha / 2: the interval is [x_(k), x_(n-k+1)]
+    k, cdf = 0, 0.0
+    for i in range(n + 1):
+        cdf += math.comb(n, i) / 2**n
+        if cdf > alpha / 2:
+            break
+        k = i + 1
+    if k < 1:
+        return None
+    return xs[k - 1], xs[n - k]

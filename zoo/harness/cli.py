@@ -74,7 +74,7 @@ class _Progress:
 
 
 def _list_checks() -> int:
-    from zoo.cli import format_table
+    from zoo.text import format_table
     from zoo.harness import describe_checks
 
     rows = [(cid, "slow" if slow else "default", desc) for cid, desc, slow in describe_checks()]

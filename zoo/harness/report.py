@@ -158,7 +158,7 @@ def render_table(reports: Sequence[CheckReport], *, legend: bool = True, failure
     """Rows = variants, columns = checks (``ok``, ``FAIL``, ``-`` = skipped); every
     ``law:*`` result of a variant is folded into one ``laws`` column. Below the table:
     a legend of the column labels and every failure message."""
-    from zoo.cli import format_table
+    from zoo.text import format_table
 
     columns: list[str] = []
     has_laws = False
