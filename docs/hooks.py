@@ -3,11 +3,13 @@
 - ``on_config``: builds every catalog page and picture once per build with
   :func:`zoo.catalog.build_catalog` (harness results included) and puts the pages
   in the nav under "Catalog". ``ZOO_DOCS_QUICK=1`` skips the harness (for
-  ``mkdocs serve`` while writing; the pages then say the result is not available).
+  ``mkdocs serve`` while writing; the pages then say the result is not available);
+  ``ZOO_DOCS_HARNESS=results.json`` reuses harness results computed before the build.
 - ``on_files``: serves those pages from memory (``File.generated``): nothing
   generated is written into ``docs/`` or committed.
 - ``on_page_markdown``: replaces ``<!-- zoo:worked-example -->`` with the worked
-  example's numbers, computed by the zoo at build time.
+  example's numbers, computed by the zoo at build time (``docs/worked_example.py``,
+  which also gives the catalog's pictures their inputs).
 - ``on_page_content``: turns the LaTeX that ``pymdownx.arithmatex`` marks into
   MathML (``latex2mathml``), which browsers render natively: no JavaScript, no
   fonts, no network when the site is viewed; and drops the Sphinx roles
@@ -31,6 +33,35 @@ _CATALOG: dict[str, str | bytes] = {}
 WORKED_EXAMPLE_MARK = "<!-- zoo:worked-example -->"
 
 
+def _worked_example():
+    """``docs/worked_example.py``, loaded from its file (the docs are not a package)."""
+    import importlib.util
+    import sys
+
+    name = "zoo_docs_worked_example"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("worked_example.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _harness_done():
+    """Harness summaries computed before the build (``ZOO_DOCS_HARNESS=path.json``, written
+    by the test suite's session fixture), so a build inside the tests does not run the
+    harness over every variant a second time; variants missing from the file are checked."""
+    path = os.environ.get("ZOO_DOCS_HARNESS")
+    if not path:
+        return None
+    import json
+
+    from zoo.catalog import HarnessSummary
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {name: HarnessSummary.from_dict(d) for name, d in data.items()}
+
+
 def on_config(config):
     from zoo.catalog import CATALOG_DIR, build_catalog, page_path
 
@@ -42,7 +73,9 @@ def on_config(config):
     _CATALOG.clear()
     quick = os.environ.get("ZOO_DOCS_QUICK", "") not in ("", "0")  # `mkdocs serve` while writing
     _CATALOG.update(build_catalog([zoo.get_variant(n) for n in names], run_harness=not quick,
-                                  bench_path=root / "benchmarks" / "results" / "cpu.json", log=log))
+                                  harness=_harness_done(),
+                                  bench_path=root / "benchmarks" / "results" / "cpu.json", log=log,
+                                  example=_worked_example().picture_example()))
     log.info("zoo catalog: %d variants in %.1f s", len(names), time.perf_counter() - start)
     section = [{"Overview": f"{CATALOG_DIR}/index.md"}] + [{n: page_path(n)} for n in names]
     nav = config.nav or []
@@ -63,9 +96,7 @@ def on_files(files, config):
 
 def on_page_markdown(markdown, page, config, files):
     if WORKED_EXAMPLE_MARK in markdown:
-        from zoo.catalog import worked_example_markdown
-
-        markdown = markdown.replace(WORKED_EXAMPLE_MARK, worked_example_markdown())
+        markdown = markdown.replace(WORKED_EXAMPLE_MARK, _worked_example().worked_example_markdown())
     return markdown
 
 

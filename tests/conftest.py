@@ -66,3 +66,20 @@ def zoo_cli():
 @pytest.fixture
 def tiny_spec(cross_registry):
     return zoo.get_variant("cross")
+
+
+@pytest.fixture(scope="session")
+def harness_reports():
+    """``zoo.check`` over every registered variant, once per test session: ``{name: CheckReport}``.
+
+    The harness, catalog and docs tests all read this one run (the docs build gets it
+    through ``ZOO_DOCS_HARNESS``) instead of checking every variant again."""
+    return {name: zoo.check(name) for name in zoo.list_variants()}
+
+
+@pytest.fixture(scope="session")
+def harness_summaries(harness_reports):
+    """The catalog's summaries of :func:`harness_reports`: ``{name: HarnessSummary}``."""
+    from zoo.catalog import HarnessSummary
+
+    return {name: HarnessSummary.from_report(r) for name, r in harness_reports.items()}

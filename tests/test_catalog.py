@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +17,18 @@ from zoo import catalog
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = ROOT / "examples" / "zoo-plugin-example" / "zoo_example_gated_cross.py"
 VARIANTS = zoo.list_variants()
+
+
+def _load_docs_worked_example():
+    """``docs/worked_example.py`` (docs-side, not part of the library), loaded from its file."""
+    spec = importlib.util.spec_from_file_location("_catalog_test_worked_example", ROOT / "docs" / "worked_example.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+WE = _load_docs_worked_example()
 
 
 def _load_example_plugin():
@@ -71,8 +84,10 @@ def test_runnable_example_runs(name, capsys):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_pattern_picture(name):
     spec = zoo.get_variant(name)
-    png, pattern = catalog.render_pattern(spec)
+    png, pattern = catalog.render_pattern(spec, example=WE.picture_example())
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width = int.from_bytes(png[16:20], "big")  # IHDR: the page shows it at its own size
+    assert width <= catalog.pictures.MAX_WIDTH_PX, f"{name}: {width} px wide would be shrunk on the page"
     rows, cols = pattern.values.shape
     assert (len(pattern.row_labels), len(pattern.col_labels)) == (rows, cols)
     assert torch.isfinite(pattern.values).all()
@@ -85,16 +100,34 @@ def test_pattern_picture(name):
         assert pattern.kind == "modulation"
 
 
+def _mha_on_the_worked_example():
+    """The worked example through torch.nn.MultiheadAttention, an implementation the zoo
+    does not share (its query projection is square, so the queries go in as ``x W_q``
+    with an identity projection): the inputs, its attention weights, its output before
+    ``W_o``."""
+    t = WE.WorkedExample().tensors()
+    eye = torch.eye(2, dtype=torch.float64)
+    mha = torch.nn.MultiheadAttention(2, 1, bias=False, kdim=6, vdim=6, batch_first=True).double()
+    with torch.no_grad():
+        mha.q_proj_weight.copy_(eye)
+        mha.k_proj_weight.copy_(t["W_k"].T)
+        mha.v_proj_weight.copy_(t["W_v"].T)
+        mha.out_proj.weight.copy_(eye)
+        out, weights = mha(t["x"] @ t["W_q"], t["context"], t["context"])
+    return t, weights[0], out[0]
+
+
 def test_cross_pattern_is_the_worked_example():
-    """The cross picture shows exactly the attention of the worked example."""
-    pattern = catalog.attention_pattern(zoo.get_variant("cross"))
+    """The cross picture shows the attention torch.nn.MultiheadAttention computes on it."""
+    _, weights, _ = _mha_on_the_worked_example()
+    pattern = catalog.attention_pattern(zoo.get_variant("cross"), WE.picture_example())
     assert pattern.kind == "attention"
     assert pattern.col_labels == ["I", "love", "mountains"]
-    assert torch.allclose(pattern.values, catalog.worked_example()["A"])
+    assert torch.allclose(pattern.values, weights, atol=1e-12)
 
 
 def test_persistent_memory_columns_are_labelled():
-    pattern = catalog.attention_pattern(zoo.get_variant("persistent"))
+    pattern = catalog.attention_pattern(zoo.get_variant("persistent"), WE.picture_example())
     assert pattern.kind == "attention"
     assert sum(label.startswith("mem") for label in pattern.col_labels) == \
         zoo.get_variant("persistent").config.model_fields["num_memory"].default
@@ -108,15 +141,19 @@ def test_retro_pattern_shows_chunk_causality():
     assert (pattern.values[: chunk - 1] == 0).all(), "the first chunk_size-1 positions see no neighbours"
 
 
-def test_worked_example_matches_the_maths_by_hand():
-    w = catalog.worked_example()
-    x, c, ex = w["x"], w["context"], w["example"]
-    t = ex.tensors()
-    scores = (x @ t["W_q"]) @ (c @ t["W_k"]).T / 2 ** 0.5
-    A = torch.softmax(scores, -1)
-    assert torch.allclose(w["A"], A)
-    assert torch.allclose(w["y"], x + A @ (c @ t["W_v"]) @ t["W_o"])
-    md = catalog.worked_example_markdown()
+def test_worked_example_matches_an_independent_implementation():
+    """The guide's numbers equal torch.nn.MultiheadAttention's with the same weights, and
+    say what the guide says: both sky pixels attend most to *mountains*."""
+    w = WE.worked_example()
+    t, weights, o = _mha_on_the_worked_example()
+    assert torch.allclose(w["A"], weights, atol=1e-12)
+    assert torch.allclose(w["out"], o @ t["W_o"], atol=1e-12)
+    assert torch.allclose(w["y"], t["x"][0] + o @ t["W_o"], atol=1e-12)
+    ex = w["example"]
+    for i, pixel in enumerate(ex.pixels):
+        if pixel.startswith("sky"):
+            assert ex.words[int(w["A"][i].argmax())] == "mountains", pixel
+    md = WE.worked_example_markdown()
     assert "| **sky** |" in md and "mountains" in md
 
 
@@ -133,8 +170,9 @@ def test_third_party_variant_appears(registry):
     assert "Flamingo" in files["catalog/gated-cross.md"]
 
 
-def test_harness_results_on_the_page():
-    summary = catalog.harness_summary(zoo.get_variant("film"))
+@pytest.mark.slow
+def test_harness_results_on_the_page(harness_summaries):
+    summary = harness_summaries["film"]
     assert summary.available and summary.passed, summary.results
     assert summary.counts.get("passed", 0) >= 10
     page = catalog.variant_markdown(zoo.get_variant("film"), summary)
@@ -194,3 +232,39 @@ def test_hook_signature():
 
     assert catalog.hook_signature(zoo_register_variants) == \
         "zoo_register_variants(register: Callable[[VariantSpec], None]) -> None"
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_shapes_row_reads_as_written(name):
+    """The context row shows each tuple of the spec's shape as code and says what None
+    means once (issue 17: persistent's row read "`(..., or None (...)` or `None`")."""
+    spec = zoo.get_variant(name)
+    page = catalog.variant_markdown(spec)
+    row = next(line for line in page.splitlines() if line.startswith("| `context` |"))
+    for tup in re.findall(r"\([A-Z][^()]*\)", spec.context_shape or ""):
+        assert f"`{tup}`" in row, f"{name}: {tup} is not shown as code in {row!r}"
+    assert row.count("None") <= 1, f"{name}: None explained twice in {row!r}"
+    assert "`(" not in row.replace("`(B", ""), f"{name}: prose inside a code span in {row!r}"
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_speed_table_names_the_variants_own_baseline(name, tmp_path):
+    """The speed column is headed by the baseline the spec gives, not "bare SDPA" for all."""
+    spec = zoo.get_variant(name)
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps({"results": [{"variant": name, "shape": "sd", "dtype": "float32", "pass": "fwd",
+                                             "zoo_ms": 1.0, "baseline_ms": 1.0, "ratio": 1.0}]}))
+    files = catalog.build_catalog([spec], run_harness=False, pictures=False, bench_path=path)
+    page = files[catalog.page_path(name)]
+    label = spec.bench.baseline_label if spec.bench and spec.bench.baseline else "baseline"
+    assert f"| {label} ms |" in page
+    if spec.bench is not None and spec.bench.baseline_label != "bare SDPA":
+        assert "bare SDPA" not in page
+
+
+@pytest.mark.slow
+def test_harness_results_can_be_reused(harness_summaries):
+    """The docs build reuses the session's harness run: a summary survives JSON."""
+    for summary in harness_summaries.values():
+        again = catalog.HarnessSummary.from_dict(json.loads(json.dumps(summary.to_dict())))
+        assert again == summary and again.short == summary.short

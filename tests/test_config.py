@@ -36,7 +36,9 @@ def test_module_config_round_trips_state_dict(cross_registry):
     torch.testing.assert_close(twin(x, ctx), m(x, ctx))
     # and through JSON, as a config file would carry it
     again = zoo.create(json.loads(m.config.model_dump_json()))
+    assert again.config == m.config
     again.load_state_dict(m.state_dict(), strict=True)
+    torch.testing.assert_close(again(x, ctx), m(x, ctx))
 
 
 def test_unknown_field_suggests_closest(cross_registry):

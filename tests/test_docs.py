@@ -92,11 +92,28 @@ def test_hooks_registry_lists_every_hookspec():
     assert marked == set(hookspecs.HOOKS)
 
 
+def _hook_impls_in_tests() -> dict[str, list[str]]:
+    """Hook name -> ``file:line`` of every function in tests/ that *implements* it: a
+    ``def <hook>`` decorated with ``hookimpl`` (a test plugin); names in strings,
+    comments or docstrings do not count."""
+    import ast
+
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name in hookspecs.HOOKS:
+                decorators = [ast.unparse(d) for d in node.decorator_list]
+                if any(d.split(".")[-1].split("(")[0] == "hookimpl" for d in decorators):
+                    found.setdefault(node.name, []).append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
 @pytest.mark.parametrize("name", sorted(hookspecs.HOOKS))
-def test_every_hook_has_a_test(name):
-    this = Path(__file__).resolve()
-    users = [p for p in (ROOT / "tests").rglob("test_*.py") if p.resolve() != this and name in p.read_text(encoding="utf-8")]
-    assert users, f"no test in tests/ implements or calls the hook {name}"
+def test_every_hook_has_a_test_plugin(name):
+    """Every hook is implemented by a plugin the tests load (a ``@hookimpl`` in tests/)."""
+    impls = _hook_impls_in_tests()
+    assert impls.get(name), f"no @hookimpl of {name} in tests/: no test plugin exercises this hook"
 
 
 def test_every_nav_page_exists():
@@ -124,23 +141,32 @@ def test_every_nav_page_exists():
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory, harness_summaries):
+    """The site, built once per module; the harness results come from the session's one run."""
+    import json
+
     pytest.importorskip("mkdocs")
     pytest.importorskip("material")
     pytest.importorskip("mkdocstrings_handlers.python")
     pytest.importorskip("latex2mathml")
     out = tmp_path_factory.mktemp("site")
-    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    done = out.parent / "harness.json"
+    done.write_text(json.dumps({n: h.to_dict() for n, h in harness_summaries.items()}), encoding="utf-8")
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1", ZOO_DOCS_HARNESS=str(done))
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.docs
 def test_mkdocs_build_strict_passes(site):
     assert (site / "index.html").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.docs
 def test_every_registered_variant_has_a_built_page(site):
     index = (site / "catalog" / "index.html").read_text(encoding="utf-8")
     for name in zoo.list_variants():
@@ -155,6 +181,8 @@ def test_every_registered_variant_has_a_built_page(site):
         assert f'href="{name}.html"' in index
 
 
+@pytest.mark.slow
+@pytest.mark.docs
 def test_site_needs_no_network(site):
     """Math is MathML (no script), search is local, no fonts or scripts from elsewhere."""
     assert (site / "search" / "search_index.json").exists()
@@ -167,12 +195,16 @@ def test_site_needs_no_network(site):
         assert not hits, f"{page.relative_to(site)} loads something over the network: {hits[:3]}"
 
 
+@pytest.mark.slow
+@pytest.mark.docs
 def test_plugin_guide_shows_the_real_example(site):
     html = (site / "guides" / "writing-a-plugin.html").read_text(encoding="utf-8")
     assert "zoo_register_variants" in html and "parametrize_with_checks" in html
     assert "gated-cross" in html and "--8&lt;--" not in html and "--8<--" not in html
 
 
+@pytest.mark.slow
+@pytest.mark.docs
 def test_hook_signatures_in_built_reference(site):
     html = (site / "reference" / "hooks.html").read_text(encoding="utf-8")
     for name, func in hookspecs.HOOKS.items():

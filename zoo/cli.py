@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered variants")
     p.add_argument("pattern", nargs="?", default="*",
-                   help="a substring ('cr' finds every name containing it) or an fnmatch pattern ('cross*')")
+                   help="a substring ('cr' finds every name containing it) or an fnmatch pattern ('c*')")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("show", help="describe a variant: summary, paper, config fields, source")

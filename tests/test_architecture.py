@@ -1,0 +1,90 @@
+"""The core's shape, as docs/architecture.md draws it: it names no variant, no module is
+too long to read in one sitting, and no library module reaches up into the CLI."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import zoo
+from zoo.registry import default_registry
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = ROOT / "zoo"
+MAX_LINES = 500
+CLI_MODULES = {"zoo/cli.py", "zoo/__main__.py", "zoo/harness/cli.py"}
+
+
+def _core_modules() -> list[Path]:
+    return sorted(CORE.rglob("*.py"))
+
+
+def _builtin_names() -> set[str]:
+    """Names and aliases of the variants the core's own distribution ships (plugins/)."""
+    names = set()
+    for name in zoo.list_variants():
+        spec = zoo.get_variant(name)
+        if default_registry().provenance(name)["distribution"] == "attention-zoo":
+            names |= {spec.name, *spec.aliases}
+    return names
+
+
+def _string_literals(tree: ast.AST) -> list[ast.Constant]:
+    """Every ``str`` constant that is not documentation: docstrings and bare string
+    statements (attribute docstrings) are prose and may discuss any idea by name."""
+    prose = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    found = [n for n in ast.walk(tree)
+             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in prose]
+    return sorted(found, key=lambda n: (n.lineno, n.col_offset))
+
+
+def literals_naming(names: set[str], path: Path) -> list[str]:
+    words = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, sorted(names, key=len, reverse=True))) + r")(?![\w-])")
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+    return [f"{where}:{n.lineno}: {n.value!r:.80}" for n in _string_literals(tree)
+            if words.search(n.value)]
+
+
+def test_the_builtin_variants_are_known():
+    """The check below means something only if the built-ins are registered here."""
+    assert len(_builtin_names()) >= 5
+
+
+def test_no_string_literal_in_the_core_names_a_builtin_variant():
+    names = _builtin_names()
+    hits = [hit for path in _core_modules() for hit in literals_naming(names, path)]
+    assert not hits, "the core names built-in variants (take it from the spec or a hook):\n" + "\n".join(hits)
+
+
+def test_the_name_check_sees_a_literal(tmp_path):
+    """The detector itself: a name in a string is found, in a docstring it is not."""
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""About cross-attention and cross."""\nBASELINES = {"cross": 1}\nx = "retro-cca"\n')
+    hits = literals_naming({"cross", "retro-cca"}, bad)
+    assert len(hits) == 2 and ":2:" in hits[0] and ":3:" in hits[1]
+
+
+@pytest.mark.parametrize("path", _core_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_core_module_is_over_500_lines(path):
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines (> {MAX_LINES}): split it by concern"
+
+
+def test_no_library_module_imports_the_cli():
+    offenders = []
+    for path in _core_modules():
+        rel = str(path.relative_to(ROOT))
+        if rel in CLI_MODULES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            mods = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module]
+            elif isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            offenders += [f"{rel}:{node.lineno}" for m in mods if m == "zoo.cli"]
+    assert not offenders, "library modules import the CLI (use zoo.text): " + ", ".join(offenders)
