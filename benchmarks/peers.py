@@ -15,7 +15,7 @@ Peers (each skipped with a message when its library is missing or fails to impor
   function; only times are compared.
 
 Every peer is timed interleaved with the zoo layer and the bare SDPA baseline of
-``zoo.bench.baselines`` in the same rounds; outputs are checked equal where the
+the variant's ``BenchSpec`` (its ``baseline``) in the same rounds; outputs are checked equal where the
 mathematics is the same. Results: a table on stdout and
 ``benchmarks/results/peers-cpu.json``.
 """
@@ -31,31 +31,39 @@ from pathlib import Path
 import torch
 
 import zoo
-from zoo.bench import baselines
-from zoo.bench.cases import layer_fields, make_inputs, shape_for, workload
+from zoo.bench.cases import build as build_case
+from zoo.bench.cases import layer_fields, workload
 from zoo.bench.timing import interleaved
 
 HERE = Path(__file__).resolve().parent
 
 
-def _diffusers(shape, dtype):
+def _workload(variant: str, key: str, size: str):
+    """The variant's own benchmark workload named ``key`` (from its spec's BenchSpec)."""
+    spec = zoo.get_variant(variant)
+    return next(s for s in spec.bench.shapes if s.name == key).at(size)
+
+
+def _diffusers(wl, dtype):
     from diffusers.models.attention_processor import Attention
 
-    peer = Attention(query_dim=shape.query_dim, cross_attention_dim=shape.context_dim, heads=shape.heads,
-                     dim_head=shape.dim_head, bias=False, out_bias=True)
-    layer = zoo.create("cross", **layer_fields(zoo.get_variant("cross").config, shape))
+    cfg = wl.config
+    peer = Attention(query_dim=cfg["query_dim"], cross_attention_dim=cfg["context_dim"], heads=cfg["heads"],
+                     dim_head=cfg["dim_head"], bias=False, out_bias=True)
+    layer = zoo.create("cross", **layer_fields(zoo.get_variant("cross"), wl))
     layer.load_state_dict(peer.state_dict(), strict=True)
     peer, layer = peer.to(dtype), layer.to(dtype)
     return "cross", layer, lambda x, c: peer(x, encoder_hidden_states=c), list(peer.parameters()), True
 
 
 def _x_transformers(flash):
-    def build(shape, dtype):
+    def build(wl, dtype):
         from x_transformers.x_transformers import Attention
 
-        peer = Attention(dim=shape.query_dim, dim_context=shape.context_dim, heads=shape.heads,
-                         dim_head=shape.dim_head, num_mem_kv=16, flash=flash)
-        fields = layer_fields(zoo.get_variant("persistent").config, shape)
+        cfg = wl.config
+        peer = Attention(dim=cfg["query_dim"], dim_context=cfg["context_dim"], heads=cfg["heads"],
+                         dim_head=cfg["dim_head"], num_mem_kv=16, flash=flash)
+        fields = layer_fields(zoo.get_variant("persistent"), wl)
         layer = zoo.create("persistent", **fields, num_memory=16, out_bias=False)
         with torch.no_grad():
             for ours, theirs in (("to_q", "to_q"), ("to_k", "to_k"), ("to_v", "to_v"), ("to_out.0", "to_out")):
@@ -100,16 +108,17 @@ def _import_retro_pytorch_layers():
     return mod
 
 
-def _retro_pytorch(shape, dtype):
+def _retro_pytorch(wl, dtype):
     rp = _import_retro_pytorch_layers()
     ChunkedCrossAttention, RotaryEmbedding = rp.ChunkedCrossAttention, rp.RotaryEmbedding
 
-    peer = ChunkedCrossAttention(chunk_size=shape.chunk_size, dim=shape.query_dim, heads=shape.heads,
-                                 dim_head=shape.dim_head, context_dim=shape.context_dim).to(dtype)
-    rotary = RotaryEmbedding(shape.dim_head)
-    layer = zoo.create("retro", **layer_fields(zoo.get_variant("retro").config, shape)).to(dtype)
-    q_pos = rotary(shape.chunk_size, device="cpu").to(dtype)
-    k_pos = rotary(shape.context_len, device="cpu").to(dtype)
+    cfg = wl.config
+    peer = ChunkedCrossAttention(chunk_size=cfg["chunk_size"], dim=cfg["query_dim"], heads=cfg["heads"],
+                                 dim_head=cfg["dim_head"], context_dim=cfg["context_dim"]).to(dtype)
+    rotary = RotaryEmbedding(cfg["dim_head"])
+    layer = zoo.create("retro", **layer_fields(zoo.get_variant("retro"), wl)).to(dtype)
+    q_pos = rotary(cfg["chunk_size"], device="cpu").to(dtype)
+    k_pos = rotary(wl.context_len // 2, device="cpu").to(dtype)  # R: context_len is K * R with K = 2
 
     def call(x, c):
         # retro-pytorch takes neighbours as (B, L, K, R, Dc), like the zoo
@@ -119,10 +128,10 @@ def _retro_pytorch(shape, dtype):
 
 
 PEERS = {
-    "diffusers Attention": ("sd", _diffusers),
-    "x-transformers Attention(num_mem_kv=16)": ("long", _x_transformers(False)),
-    "x-transformers Attention(num_mem_kv=16, flash=True)": ("long", _x_transformers(True)),
-    "retro-pytorch ChunkedCrossAttention": ("retro", _retro_pytorch),
+    "diffusers Attention": ("cross", "sd", _diffusers),
+    "x-transformers Attention(num_mem_kv=16)": ("persistent", "long", _x_transformers(False)),
+    "x-transformers Attention(num_mem_kv=16, flash=True)": ("persistent", "long", _x_transformers(True)),
+    "retro-pytorch ChunkedCrossAttention": ("retro", "retro", _retro_pytorch),
 }
 
 
@@ -138,17 +147,19 @@ def main(argv=None) -> int:
     rows, skipped = [], []
     for dtype_name in args.dtype.split(","):
         dtype = getattr(torch, dtype_name)
-        for peer_name, (key, build) in PEERS.items():
-            shape = shape_for(size, key)
+        for peer_name, (owner, key, build) in PEERS.items():
             try:
+                wl = _workload(owner, key, size)
                 torch.manual_seed(0)
-                variant, layer, peer_call, peer_params, same_math = build(shape, dtype)
+                variant, layer, peer_call, peer_params, same_math = build(wl, dtype)
             except Exception as exc:  # noqa: BLE001 - an optional peer must not stop the run
                 skipped.append(f"{peer_name}: {type(exc).__name__}: {exc}")
                 print(f"skip {peer_name}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 continue
-            bare = baselines.baseline_for(variant)
-            x, c = make_inputs(shape, dtype=dtype)
+            spec = zoo.get_variant(variant)
+            bare = spec.bench.baseline
+            _, inputs = build_case(spec, wl, dtype=dtype)
+            x, c = inputs["x"], inputs["context"]
             layer.eval()
             diff = None
             try:
@@ -164,9 +175,9 @@ def main(argv=None) -> int:
             for p in ("fwd", "fwd+bwd"):
                 print(f"{peer_name} {key} {dtype_name} {p} ...", file=sys.stderr)
                 s = interleaved({
-                    "zoo": workload(layer, params, x, c, p),
-                    "bare": workload(lambda a, b: bare(layer, a, b), params, x, c, p),
-                    "peer": workload(peer_call, peer_params, x, c, p),
+                    "zoo": workload(layer, params, inputs, p),
+                    "bare": workload(lambda **kw: bare(layer, **kw), params, inputs, p),
+                    "peer": workload(lambda x, context: peer_call(x, context), peer_params, inputs, p),
                 }, repeat=repeat, warmup=1)
                 rows.append({
                     "peer": peer_name, "variant": variant, "shape": key, "dtype": dtype_name, "pass": p,

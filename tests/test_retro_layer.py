@@ -184,11 +184,9 @@ def test_single_chunk_law_fails_on_a_wrong_layer():
                                              torch.Generator().manual_seed(0))
 
 
-def test_zoo_check_retro_passes():
-    harness = pytest.importorskip("zoo.harness")
-    if not hasattr(harness, "check"):
-        pytest.skip("the shared harness is not there yet")
-    report = zoo.check("retro")
+@pytest.mark.slow
+def test_zoo_check_retro_passes(harness_reports):
+    report = harness_reports["retro"]  # the session's one harness run (tests/conftest.py)
     failed = [(r.check, r.message) for r in report.results if r.status == "failed"]
     assert report.passed, failed
     assert {"law:causality", "law:single-chunk-is-cross"} <= {r.check for r in report.results}
