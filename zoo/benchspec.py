@@ -149,7 +149,7 @@ STANDARD_SHAPES: tuple[BenchShape, ...] = (
                tiny=Workload(1, 64, 7, _dims(32, 48, 2, 8))),
     BenchShape("long", "long sequences, N = M = 4096",
                full=Workload(1, 4096, 4096, _dims(512, 512, 8, 64)),
-               quick=Workload(1, 1024, 1024, _dims(512, 512, 8, 64)),
+               quick=Workload(1, 512, 512, _dims(512, 512, 8, 64)),
                tiny=Workload(1, 48, 48, _dims(32, 32, 2, 16))),
 )
 

@@ -251,14 +251,14 @@ def bench(
         sysres["import"] = system.import_time(repeat=5 if size == "full" else 2, judge=decide)
         prog.step()
         if memory and sysname is not None:
-            lengths = {"full": (4096, 16384), "quick": (1024, 4096), "tiny": (128, 512)}[size]
+            lengths = {"full": (4096, 16384), "quick": (512, 2048), "tiny": (128, 512)}[size]
             sysres["memory_scaling"] = system.memory_scaling(
                 lengths, device=device, variant=sysname, threads=threads, judge=decide,
                 progress=lambda m: prog.show("system: " + m))
         prog.step()
         prog.show("system: GFLOP/s")
-        glen = {"full": 4096, "quick": 1024, "tiny": 256}[size]
-        gmm = {"full": 2048, "quick": 1024, "tiny": 256}[size]
+        glen = {"full": 4096, "quick": 512, "tiny": 256}[size]
+        gmm = {"full": 2048, "quick": 512, "tiny": 256}[size]
         sysres["gflops"] = system.gflops(dtypes=dtypes, length=glen, matmul_n=gmm,
                                          repeat=max(5, repeat) if decide else 3,
                                          device=device, layer=sysname)
