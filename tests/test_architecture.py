@@ -88,3 +88,18 @@ def test_no_library_module_imports_the_cli():
                 mods = [a.name for a in node.names]
             offenders += [f"{rel}:{node.lineno}" for m in mods if m == "zoo.cli"]
     assert not offenders, "library modules import the CLI (use zoo.text): " + ", ".join(offenders)
+
+
+def test_provenance_is_the_registrys_not_the_authors(registry):
+    """An author cannot write where a spec came from; the registry records it."""
+    from attention_zoo_plugins import cross
+
+    with pytest.raises(TypeError, match="plugin"):
+        zoo.VariantSpec(name="x", module=object, config=object, summary="s", plugin="forged")
+    registry.load_plugin(cross, name="cross", distribution="attention-zoo")
+    assert registry.provenance("cross") == {"plugin": "cross", "distribution": "attention-zoo"}
+    spec = zoo.get_variant("cross")
+    assert (spec.plugin, spec.distribution) == ("cross", "attention-zoo")
+    assert "attention-zoo" in spec.source
+    copy = spec.replace(name="cross-copy", plugin="ignored")  # a copy is not registered: no provenance
+    assert copy.plugin is None and copy.source == "in-process registration (zoo.register)"
