@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 INTRO = """# Benchmark results
 
 Every zoo variant against a bare baseline written by hand on
-`scaled_dot_product_attention` with the same weights (`zoo/bench/baselines.py`),
+`scaled_dot_product_attention` with the same weights (each spec's `BenchSpec.baseline`, in the plugin's module),
 interleaved in one process; see `README.md` for the method. Regenerate with
 `zoo bench && python benchmarks/peers.py && python benchmarks/render_results.py`.
 `ratio` = zoo median / bare median over the same rounds; `paired ratio` = median of the

@@ -21,7 +21,7 @@ from zoo.text import config_rows, format_table, terminal_width, type_name  # noq
 # Sub-commands that live in their own module: module.add_arguments(parser), module.run(args).
 _DELEGATED = {
     "check": ("zoo.harness.cli", "run the shared harness on variants (the main job)"),
-    "bench": ("zoo.bench", "benchmark variants against bare SDPA baselines"),
+    "bench": ("zoo.bench", "benchmark variants against their specs' hand-written baselines"),
 }
 
 
