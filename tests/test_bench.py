@@ -265,3 +265,25 @@ def test_gflops_check_and_system_table():
         "seconds": 0.1, "variants_discovered": 5, "target_s": 0.3, "met": True}})
     assert "SDPA GFLOP/s (fp32)" in table and "import + discovery" in table
     assert max(map(len, table.splitlines())) <= 100
+
+
+def test_a_strangers_variant_is_benchmarked_with_its_ratio(registry, capsys):
+    """The example plugin (a third-party distribution) gets rows with ratios from its own
+    BenchSpec: `zoo bench gated-cross` needs nothing from the core by name."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from zoo.cli import main
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "zoo-plugin-example" / "zoo_example_gated_cross.py"
+    spec = importlib.util.spec_from_file_location("_bench_test_gated_cross", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    registry.load_plugin(module, name="gated-cross", distribution="zoo-example-gated-cross")
+    assert main(["bench", "gated-cross", "--size", "tiny", "--repeat", "2", "--no-memory", "--no-system",
+                 "--no-progress", "--json", "/dev/null"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("gated-cross ")]
+    assert {r[1] for r in rows} == {"sd", "long"}
+    assert all(float(r[6]) > 0 for r in rows), rows  # the ratio column holds a number

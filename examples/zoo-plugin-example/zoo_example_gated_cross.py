@@ -140,12 +140,13 @@ def bare_sdpa(module: GatedCrossAttention, x: Tensor, context: Tensor, **_) -> T
     hand on the same weights, with one fused ``scaled_dot_product_attention`` call."""
     import torch.nn.functional as F
 
-    def heads(t: Tensor, lin: nn.Linear) -> Tensor:
+    def heads(t: Tensor, lin: torch.nn.Linear) -> Tensor:
         return F.linear(t, lin.weight, lin.bias).unflatten(-1, (module.heads, -1)).transpose(1, 2)
 
     o = F.scaled_dot_product_attention(heads(x, module.to_q), heads(context, module.to_k),
                                        heads(context, module.to_v)).transpose(1, 2).flatten(-2)
-    return x + torch.tanh(module.attn_gate) * F.linear(o, module.to_out.weight, module.to_out.bias)
+    out = module.to_out[0]
+    return x + torch.tanh(module.attn_gate) * F.linear(o, out.weight, out.bias)
 
 
 # `zoo bench` reads what to time from the spec: the zoo's two standard cross-attention
