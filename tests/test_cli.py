@@ -58,6 +58,7 @@ def test_plugins_lists_loaded_and_failed(cross_registry, capsys):
     assert main(["plugins", "--strict"]) == 1
 
 
+@pytest.mark.slow  # pip installs / fresh processes: seconds each
 def test_python_dash_m_zoo_and_unknown_exit_code(zoo_cli):
     ok = zoo_cli("list")
     assert ok.returncode == 0 and "cross" in ok.stdout

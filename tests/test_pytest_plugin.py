@@ -156,6 +156,7 @@ def test_zoo_registry_fixture_is_empty_and_isolated(pytester):
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
 
 
+@pytest.mark.slow  # pip installs / fresh processes: seconds each
 def test_from_a_separately_installed_package(tmp_path):
     """A third-party package installed for real (wheel, dist-info, entry point): its
     author's suite gets one test per check, its variant found through the registry."""

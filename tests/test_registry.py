@@ -222,6 +222,7 @@ def test_commands_hook_adds_subcommands_and_isolates_failures(cross_registry):
 # -- a third-party package installed for real --------------------------------------
 
 
+@pytest.mark.slow  # pip installs / fresh processes: seconds each
 def test_installed_thirdparty_plugin_is_listed_and_created(thirdparty_site, zoo_cli):
     out = zoo_cli("list", site=thirdparty_site)
     assert out.returncode == 0, out.stderr
@@ -238,6 +239,7 @@ def test_installed_thirdparty_plugin_is_listed_and_created(thirdparty_site, zoo_
     assert res.stdout.strip() == "(2, 5, 16)"
 
 
+@pytest.mark.slow  # pip installs / fresh processes: seconds each
 def test_plugin_raising_on_import_is_reported_and_rest_works(thirdparty_site, zoo_cli):
     out = zoo_cli("plugins", site=thirdparty_site)
     assert out.returncode == 0, out.stderr
