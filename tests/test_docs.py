@@ -210,3 +210,15 @@ def test_hook_signatures_in_built_reference(site):
     for name, func in hookspecs.HOOKS.items():
         assert name in html
         assert catalog.hook_signature(func).replace(">", "&gt;") in html
+
+
+@pytest.mark.slow
+@pytest.mark.docs
+def test_architecture_diagram_survives_markdown(site):
+    """The layers' diagram is inline SVG (offline); Markdown must not have split it into paragraphs."""
+    html = (site / "architecture.html").read_text(encoding="utf-8")
+    svg = re.search(r"<svg[^>]*zoo-layers.*?</svg>", html, re.S)
+    assert svg, "no inline SVG on the architecture page"
+    assert "<p>" not in svg.group(0), "markdown broke the SVG into paragraphs"
+    for layer in ("Plugins", "Core services", "Spec layer"):
+        assert re.search(rf"<text[^>]*>{layer}", svg.group(0)), layer

@@ -269,7 +269,7 @@ def attention_pattern(spec: VariantSpec, example: PictureExample | None = None) 
 
 #: The widest picture, in pixels: the docs' content column, so a page never shrinks it
 #: (and its 9-point labels) to fit.
-MAX_WIDTH_PX = 770
+MAX_WIDTH_PX = 680
 _DPI = 110
 
 
