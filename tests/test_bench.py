@@ -287,3 +287,22 @@ def test_a_strangers_variant_is_benchmarked_with_its_ratio(registry, capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("gated-cross ")]
     assert {r[1] for r in rows} == {"sd", "long"}
     assert all(float(r[6]) > 0 for r in rows), rows  # the ratio column holds a number
+
+
+def test_a_variant_that_cannot_build_its_workload_is_skipped_with_the_reason(registry):
+    from attention_zoo_plugins import cross
+
+    from zoo.bench.runner import bench
+
+    registry.load_plugin(cross, name="cross", distribution="attention-zoo")
+    spec = zoo.get_variant("cross")
+
+    def refuses(module, **kw):
+        raise ValueError("this variant needs inputs of its own kind")
+
+    registry.register(spec.replace(name="odd", config=_renamed_config(spec.config, "odd"), aliases=(),
+                                   make_inputs=refuses, bench=None))
+    doc = bench(["odd", "cross"], size="tiny", dtypes=("float32",), passes=("fwd",), repeat=2, memory=False,
+                system_checks=False, progress=False)
+    assert {r["variant"] for r in doc["results"]} == {"cross"}
+    assert any(s.startswith("odd default float32: ValueError: this variant needs") for s in doc["skipped"])

@@ -208,9 +208,14 @@ def bench(
     machine = machine_info(device)
     results, mem_rows, mem_jobs = [], [], []
     for dtype_name in dtypes:
-        for case in plan:
-            results += _time_case(case, dtype_name, passes, repeat=repeat, budget_s=budget_s, device=device,
-                                  decide=decide, prog=prog)
+        for case in list(plan):
+            try:
+                results += _time_case(case, dtype_name, passes, repeat=repeat, budget_s=budget_s, device=device,
+                                      decide=decide, prog=prog)
+            except Exception as exc:  # noqa: BLE001 - one variant's workload must not stop the run
+                skipped.append(f"{case.spec.name} {case.shape} {dtype_name}: {type(exc).__name__}: {exc}")
+                plan.remove(case)
+                continue
             if memory:
                 impls = ("zoo", "bare") if case.bench.baseline is not None else ("zoo",)
                 for impl in impls:
