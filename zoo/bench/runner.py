@@ -119,8 +119,10 @@ def _time_case(case: Case, dtype_name: str, passes, *, repeat, budget_s, device,
             diff, ok = _close(module(**inputs), bare_fn(module, **inputs))
     compare = None
     if bench.compare and bench.compare in zoo.list_variants():
-        cspec = zoo.get_variant(bench.compare)
-        compare, cinputs = build(cspec, case.workload, dtype=dtype, device=device)
+        try:  # context only: a comparison that cannot be built is left out
+            compare, cinputs = build(zoo.get_variant(bench.compare), case.workload, dtype=dtype, device=device)
+        except Exception:  # noqa: BLE001
+            compare = None
     params = list(module.parameters())
     rows = []
     for p in passes:
