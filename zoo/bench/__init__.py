@@ -56,9 +56,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
 
 
+def _known_workloads(names: list[str]) -> list[str]:
+    """The workload names the selected variants' specs give (all registered by default)."""
+    import zoo
+    from zoo.bench.cases import bench_of
+
+    specs = [zoo.get_variant(n) for n in (names or zoo.list_variants())]
+    return sorted({s.name for spec in specs for s in bench_of(spec).shapes})
+
+
 def _usage_problem(args: argparse.Namespace) -> str | None:
     """A one-line reason why these arguments cannot run (checked before any work)."""
-    from zoo.bench.cases import SHAPES, shape_for
     from zoo.cli import usage_device, usage_output_path
 
     for option, value in (("--repeat", args.repeat), ("--threads", args.threads)):
@@ -66,17 +74,16 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
             return f"{option} must be at least 1, got {value}"
     if args.budget is not None and not args.budget >= 0:
         return f"--budget must be a number of seconds >= 0, got {args.budget}"
-    size = "quick" if args.quick and args.size == "full" else args.size
-    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
-    known = ", ".join(SHAPES["full"])
-    if not shapes:
-        return f"--shapes is empty; use {known} (comma-separated)"
-    for shape in shapes:
-        try:
-            shape_for(size, shape)
-        except (KeyError, ValueError):
-            return f"--shapes: unknown shape {shape!r}; use {known} (comma-separated)"
-    for dtype in (d.strip() for d in args.dtype.split(",")):
+    if args.shapes is not None:
+        shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+        known = _known_workloads(args.names)
+        if not shapes:
+            return f"--shapes is empty; use {', '.join(known)} (comma-separated)"
+        for shape in shapes:
+            if shape not in known:
+                return (f"--shapes: unknown workload {shape!r}; the selected variants' specs give "
+                        f"{', '.join(known)} (comma-separated)")
+    for dtype in (d.strip() for d in (args.dtype or "float32").split(",")):
         if dtype not in ("float32", "bfloat16", "float16", "float64"):
             return f"--dtype: unknown dtype {dtype!r}; use float32, bfloat16, float16 or float64"
     return usage_output_path("--json", args.json) or usage_device("--device", args.device)
