@@ -18,8 +18,6 @@ from zoo.hookspecs import hookimpl
 from zoo.io import load, save
 from zoo.registry import get_variant, list_variants, plugins, register, unregister
 from zoo.spec import Capabilities, Law, VariantSpec
-from zoo.swapping import Adapter as SwapAdapter
-from zoo.swapping import SwapReport, SwapTarget, swap
 
 __version__ = "0.1.0"
 
@@ -65,9 +63,20 @@ def check(name_or_spec: Any, **options: Any):
     return _check(name_or_spec, **options)
 
 
-def __getattr__(name: str) -> Any:
-    if name == "CheckReport":
-        from zoo.harness import CheckReport
+# Imported on first use: ``import zoo`` stays cheap (no torch until a layer is needed).
+_LAZY = {
+    "CheckReport": ("zoo.harness", "CheckReport"),
+    "swap": ("zoo.swapping", "swap"),
+    "SwapAdapter": ("zoo.swapping", "Adapter"),
+    "SwapReport": ("zoo.swapping", "SwapReport"),
+    "SwapTarget": ("zoo.swapping", "SwapTarget"),
+}
 
-        return CheckReport
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(f"module 'zoo' has no attribute {name!r}")
