@@ -28,6 +28,7 @@ import zoo
 from zoo.functional import validate_mask, validate_same_batch, validate_tensor
 
 from zoo.oracle import linear
+from zoo.testing import expect
 
 
 class FiLMConfig(zoo.VariantConfig):
@@ -189,10 +190,10 @@ def _law_identity_when_generator_zero(spec, fields, generator):
     with torch.no_grad():
         for ctx, m in ((c, None), (c, mask), (c[:, 0], None)):
             out = layer(x, ctx, context_mask=m)
-            assert torch.equal(out, x), (
+            expect(torch.equal(out, x), (
                 f"with a zero generator the residual FiLM should return x exactly, but differs by "
                 f"{(out - x).abs().max().item():.2e}"
-            )
+            ))
 
 
 def _law_identity_at_init(spec, fields, generator):
@@ -202,10 +203,10 @@ def _law_identity_at_init(spec, fields, generator):
     c = torch.randn(2, 3, layer.context_dim, generator=generator, dtype=torch.float64)
     with torch.no_grad():
         out = layer(x, c)
-    assert torch.equal(out, x), (
+    expect(torch.equal(out, x), (
         f"a new residual FiLM layer should be the identity (zero-initialised to_scale_shift), "
         f"but differs from x by {(out - x).abs().max().item():.2e}"
-    )
+    ))
 
 
 def _law_tokenwise(spec, fields, generator):
@@ -219,10 +220,10 @@ def _law_tokenwise(spec, fields, generator):
         whole = layer(x, c)
         pieces = torch.cat([layer(x[:, i : i + 1], c) for i in range(x.shape[1])], dim=1)
     err = (whole - pieces).abs().max().item()
-    assert err < 1e-12, (
+    expect(err < 1e-12, (
         f"FiLM should act on each token independently (cost linear in N), but the whole sequence "
         f"differs from token-by-token evaluation by {err:.2e}"
-    )
+    ))
 
 
 def _law_sequence_is_its_masked_mean(spec, fields, generator):
@@ -236,10 +237,10 @@ def _law_sequence_is_its_masked_mean(spec, fields, generator):
     with torch.no_grad():
         seq, vec = layer(x, c, context_mask=mask), layer(x, mean)
     err = (seq - vec).abs().max().item()
-    assert err < 1e-12, (
+    expect(err < 1e-12, (
         f"a masked context sequence should act as its masked mean (zero when fully masked), "
         f"but differs from it by {err:.2e}"
-    )
+    ))
 
 
 SPEC = zoo.VariantSpec(

@@ -27,6 +27,7 @@ from zoo.functional import attend, split_heads
 
 from zoo.nn import MultiHeadBase, MultiHeadFields
 from zoo.oracle import heads_merge, heads_view, linear, naive_attention
+from zoo.testing import expect
 
 
 class PersistentConfig(MultiHeadFields):
@@ -301,7 +302,8 @@ def _law_no_memory_is_cross(spec, fields, generator):
             pairs.append(("context=None", layer(x), cross(x)))
     for what, ours, theirs in pairs:
         err = (ours - theirs).abs().max().item()
-        assert err < 1e-10, f"with num_memory=0 and {what} it differs from cross with the same weights by {err:.2e}"
+        expect(err < 1e-10,
+               f"with num_memory=0 and {what} it differs from cross with the same weights by {err:.2e}")
 
 
 def _law_memory_only_is_softmax_feedforward(spec, fields, generator):
@@ -319,7 +321,7 @@ def _law_memory_only_is_softmax_feedforward(spec, fields, generator):
     with torch.no_grad():
         ours = layer(x)
     err = (ours - expected).abs().max().item()
-    assert err < 1e-10, f"memory-only layer differs from U softmax(V x) built from its weights by {err:.2e}"
+    expect(err < 1e-10, f"memory-only layer differs from U softmax(V x) built from its weights by {err:.2e}")
     # ... and any feed-forward layer U softmax(V x) + b is a memory-only layer.
     d, f = layer.query_dim, 3 * layer.query_dim
     w_in = torch.randn(f, d, generator=generator, dtype=torch.float64) / math.sqrt(d)
@@ -330,7 +332,7 @@ def _law_memory_only_is_softmax_feedforward(spec, fields, generator):
         ours = ff_layer(x)
     expected = torch.softmax(x @ w_in.T, dim=-1) @ w_out.T + b_out
     err = (ours - expected).abs().max().item()
-    assert err < 1e-10, f"from_feedforward(V, U, b) differs from U softmax(V x) + b by {err:.2e}"
+    expect(err < 1e-10, f"from_feedforward(V, U, b) differs from U softmax(V x) + b by {err:.2e}")
 
 
 def _law_masked_context_leaves_memory(spec, fields, generator):
@@ -345,12 +347,12 @@ def _law_masked_context_leaves_memory(spec, fields, generator):
     nothing = torch.zeros(2, 6, dtype=torch.bool)
     with torch.no_grad():
         ours, expected = layer(x, c, context_mask=nothing), mem_only(x)
-    assert torch.isfinite(ours).all(), "a fully masked context gave non-finite output"
+    expect(torch.isfinite(ours).all(), "a fully masked context gave non-finite output")
     err = (ours - expected).abs().max().item()
-    assert err < 1e-10, (
+    expect(err < 1e-10, (
         f"with the whole context masked the memory (never masked) should be all that is attended, "
         f"but the output differs from the memory-only layer's by {err:.2e}"
-    )
+    ))
 
 
 SPEC = zoo.VariantSpec(

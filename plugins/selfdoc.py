@@ -18,6 +18,7 @@ from zoo.functional import attend, split_heads, validate_mask
 
 from zoo.nn import MultiHeadBase, MultiHeadFields
 from zoo.oracle import heads_merge, heads_view, linear, naive_attention
+from zoo.testing import expect
 
 
 class SelfDocConfig(MultiHeadFields):
@@ -142,16 +143,16 @@ def _law_context_x_is_self_attention(spec, fields, generator):
         ours = layer(x, x)
         theirs = self_attn(x)
         err = (ours - theirs).abs().max().item()
-        assert err < 1e-10, (
+        expect(err < 1e-10, (
             f"selfdoc(x, context=x) differs from self-attention with the same weights by {err:.2e}"
-        )
+        ))
         ours_masked = layer(x, x, context_mask=mask)
         theirs_masked = reference_self_attention(self_attn, x, mask)
         err = (ours_masked - theirs_masked).abs().max().item()
-        assert err < 1e-10, (
+        expect(err < 1e-10, (
             f"selfdoc(x, context=x, context_mask) differs from masked self-attention with the "
             f"same weights by {err:.2e}"
-        )
+        ))
 
 
 def reference_self_attention(layer, x: Tensor, key_mask: Tensor | None) -> Tensor:
@@ -178,10 +179,10 @@ def _law_uniform_context_averages_x(spec, fields, generator):
         mean = (values * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
         expected = linear(mean, layer.to_out[0]).expand_as(out)
     err = (out - expected).abs().max().item()
-    assert err < 1e-10, (
+    expect(err < 1e-10, (
         f"with identical context blocks the output should be W_o applied to the mean of x's "
         f"unmasked values, but differs from it by {err:.2e}"
-    )
+    ))
 
 
 SPEC = zoo.VariantSpec(

@@ -198,6 +198,21 @@ class ExcludedHeadsConfig(CrossConfig):
     heads: int = Field(8, gt=0, exclude=True)
 
 
+class BrokenSwallowsNaN(Sound):
+    """Replaces NaN/inf in x by finite numbers (a fused kernel's behaviour leaking)."""
+
+    def forward(self, x, context=None, *, context_mask=None):
+        return super().forward(torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0), context,
+                               context_mask=context_mask)
+
+
+class BrokenAllNaN(Sound):
+    """Validates its input, then returns NaN everywhere: no check that looks at an output may pass."""
+
+    def forward(self, x, context=None, *, context_mask=None):
+        return torch.full_like(super().forward(x, context, context_mask=context_mask), float("nan"))
+
+
 class BrokenCompile(Sound):
     """Computes something else when traced by torch.compile."""
 
@@ -300,6 +315,7 @@ PLANTED: dict[str, tuple[zoo.VariantSpec, str]] = {
     "query-positions": (spec(BrokenQueryPositions), "query-order"),
     "context-positions": (spec(BrokenContextPositions), "context-order"),
     "no-input-validation": (spec(BrokenNoValidation), "bad-input"),
+    "nan-swallowed": (spec(BrokenSwallowsNaN), "nonfinite-input"),
     "chunk-leak": (TOY_CHUNKED.replace(module=BrokenToyChunkedLeak), "chunk-causality"),
     "false-law": (spec(Sound, laws=(zoo.Law("always-false", "a law that never holds", _failing_law),)),
                   "law:always-false"),

@@ -52,8 +52,9 @@ def test_planted_bug_is_caught_by_its_check(bug):
 
 def test_every_check_has_a_planted_bug():
     targeted = {cid for _, cid in PLANTED.values()} | {cid for _, cid in PLANTED_SLOW.values()}
-    missing = set(CHECK_IDS) | set(SLOW_CHECK_IDS)
-    missing -= targeted
+    from zoo.harness.ids import ALL_CHECK_IDS
+
+    missing = set(ALL_CHECK_IDS) - targeted
     assert not missing, f"checks without a layer broken on purpose: {sorted(missing)}"
     assert any(cid.startswith("law:") for cid in targeted)
 
@@ -91,10 +92,16 @@ def test_registered_variant_passes(name, harness_reports):
 # -- which checks run -------------------------------------------------------------------
 
 
-def test_check_ids_are_stable_and_consistent():
-    assert CHECK_IDS == DEFAULT_CHECK_IDS
-    assert set(CHECKS) == set(CHECK_IDS) | set(SLOW_CHECK_IDS)
+def test_one_table_of_check_ids_drives_runs_labels_and_selection():
+    from zoo.harness import ids
+
+    assert list(CHECKS) == [row.id for row in ids.CHECK_TABLE]  # bound in the table's order
+    assert CHECK_IDS == DEFAULT_CHECK_IDS == tuple(r.id for r in ids.CHECK_TABLE if r.default and not r.slow)
     assert SLOW_CHECK_IDS == ("compile", "ddp")
+    assert len(set(ids.SHORT_NAMES.values())) == len(ids.SHORT_NAMES)  # table columns are unambiguous
+    opt_in = [r.id for r in ids.CHECK_TABLE if not r.default]
+    assert not set(opt_in) & set(planned_checks(SOUND))  # opt-in checks run only when selected
+    assert planned_checks(SOUND, checks=opt_in) == opt_in
 
 
 def test_capabilities_skip_checks_with_a_reason():
@@ -294,8 +301,23 @@ def test_slow_planted_bug_is_caught(bug):
     assert result.failed, result.message
 
 
-def test_broken_spec_helper_keeps_cross_oracle():
-    assert broken_spec(Sound).reference is SOUND.reference
+def test_broken_specs_are_judged_by_an_oracle_that_tells_sound_from_broken():
+    """The planted bugs are caught by comparing with cross's oracle: on the same weights it
+    agrees with the sound layer and disagrees with a broken one (so a bug is never its own
+    reference)."""
+    import torch
+
+    from broken_layers import BrokenNoScale
+
+    torch.manual_seed(0)
+    fields = {"query_dim": 16, "context_dim": 12, "heads": 2, "dim_head": 4}
+    sound = zoo.create(SOUND, **fields).double().eval()
+    broken = zoo.create(broken_spec(BrokenNoScale), **fields).double().eval()
+    broken.load_state_dict(sound.state_dict())
+    x, c = torch.randn(2, 5, 16, dtype=torch.float64), torch.randn(2, 3, 12, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(sound(x, c), SOUND.reference(sound, x, c), atol=1e-12)
+        assert not torch.allclose(broken(x, c), broken_spec(BrokenNoScale).reference(broken, x, c), atol=1e-3)
 
 
 def test_progress_is_a_live_line_on_a_terminal():
@@ -360,3 +382,65 @@ def test_cli_json_to_stdout_keeps_stdout_pure(cross_registry, capsys):
     out, err = capsys.readouterr()
     assert json.loads(out)["reports"][0]["variant"] == "cross"
     assert "variant" in err.splitlines()[0]
+
+
+# -- non-finite values and laws that cannot be optimised away --------------------------------
+
+
+def test_an_all_nan_output_passes_no_check_that_reads_an_output():
+    from broken_layers import BrokenAllNaN
+
+    report = check(broken_spec(BrokenAllNaN))
+    ran = [r for r in report.results if not r.skipped]
+    passed = [r.check for r in ran if r.passed]
+    assert passed == ["bad-input"], report.table()  # the only check that never reads an output
+    for cid in ("context-order", "query-order", "batch-independence", "mask", "shape"):
+        assert "non-finite" in report[cid].message or "NaN" in report[cid].message, report[cid].message
+
+
+def test_order_checks_fail_on_nan_even_without_the_forward_guard(monkeypatch):
+    """context-order and query-order compare two outputs: a NaN difference must fail them by
+    itself, not only through the harness's finite-output guard in _run."""
+    import zoo.harness.case as case_mod
+    import zoo.harness.symmetry as symmetry
+    from broken_layers import BrokenAllNaN
+
+    real = case_mod._run
+    monkeypatch.setattr(symmetry, "_run", lambda m, i, what="forward", **kw: real(m, i, what, finite=False))
+    report = check(broken_spec(BrokenAllNaN), checks="context-order,query-order,batch-independence")
+    assert [r.status for r in report.results] == ["failed"] * 3, report.table()
+
+
+def test_nonfinite_input_check_reports_clearly():
+    spec_, check_id = PLANTED["nan-swallowed"]
+    message = check(spec_, checks=[check_id])[check_id].message
+    assert "nan in x[0] with no mask" in message and "finite output for batch element 0" in message
+
+
+LAW_UNDER_O = """
+import sys
+sys.path.insert(0, {tests!r})
+import zoo
+from zoo.testing import expect
+from broken_layers import SOUND
+
+def false_law(spec, fields, generator):
+    err = float("nan")
+    expect(err < 1e-10, f"differs by {{err}}")
+
+spec = SOUND.replace(laws=(zoo.Law("false", "never holds", false_law),))
+result = zoo.check(spec, checks="law:*", examples=SOUND.example_configs()[:1])["law:false"]
+print(sys.flags.optimize, result.status, result.message)
+"""
+
+
+def test_a_law_written_with_expect_still_fails_under_python_O():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = LAW_UNDER_O.format(tests=str(Path(__file__).parent))
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:2] == ["1", "failed"], out.stdout
+    assert "differs by nan" in out.stdout

@@ -163,8 +163,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("context", spec.context_shape or "-"),
         ("complexity", spec.complexity or "-"),
     ]
-    caps = [k for k, v in spec.capabilities.as_dict().items() if v is True]
-    facts.append(("capabilities", ", ".join(caps) or "-"))
+    from zoo.harness.capabilities import describe_capabilities, resolve_capabilities
+
+    facts.append(("capabilities", describe_capabilities(resolve_capabilities(spec))))
     facts.append(("laws", ", ".join(law.name for law in spec.laws) or "-"))
     key_w = max(len(k) for k, _ in facts)
     for k, v in facts:

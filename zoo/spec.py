@@ -17,47 +17,91 @@ if TYPE_CHECKING:
 
     from zoo.benchspec import BenchSpec
 
-__all__ = ["Capabilities", "Law", "VariantSpec", "default_make_inputs", "validate_spec"]
+__all__ = ["Capabilities", "INFERRED", "Law", "VariantSpec", "default_make_inputs", "validate_spec"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+
+
+class _Inferred:
+    """The default of a capability the zoo infers (see :class:`Capabilities`)."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "INFERRED"
+
+    def __reduce__(self):
+        return (_Inferred, ())
+
+
+INFERRED: Any = _Inferred()
+"""Default of ``dropout``, ``masks``, ``self_attention`` and ``equal_lengths``: not declared, inferred."""
+
+# Undeclared inferable capabilities hold these until the harness observes the layer
+# (zoo.harness.capabilities.resolve_capabilities); they are today's plain-attention values.
+_INFERABLE = {"self_attention": True, "masks": True, "dropout": True, "equal_lengths": False}
 
 
 @dataclass(frozen=True)
 class Capabilities:
     """What a variant can do; decides which harness checks apply (like estimator tags).
 
+    Declare only what cannot be observed: the order and causality properties
+    (``query_order_equivariant``, ``context_order_invariant``, ``context_set_axes``,
+    ``chunk_causal``). The four others default to :data:`INFERRED` and are observed from
+    the layer by :func:`zoo.harness.capabilities.resolve_capabilities` (``zoo check`` and
+    ``zoo show`` do it); a declared value always wins. Until then they read as plain
+    attention's values (True, True, True, False), and :attr:`inferred` names them.
+
     Attributes:
         attention: computes softmax attention (False for e.g. FiLM).
         self_attention: ``context=None`` is accepted (self-attention or memory only).
-        masks: ``context_mask`` is accepted.
-        dropout: the config has a ``dropout`` field that acts in training.
+            Inferred: ``forward(x)`` returns; a ``ValueError`` means a context is needed.
+        masks: ``context_mask`` is accepted. Inferred: ``forward`` has that parameter.
+        dropout: the config has a ``dropout`` field that acts in training. Inferred:
+            exactly when the config has a ``dropout`` field.
         query_order_equivariant: permuting the queries permutes the output the same way
             (no positions along N).
         context_order_invariant: permuting context tokens along ``context_set_axes``
             leaves the output unchanged.
         context_set_axes: the axes of ``context`` whose order carries no meaning.
         equal_lengths: ``x`` and ``context`` index the same items (``N == M``); the
-            query-order check then permutes both together.
+            query-order check then permutes both together. Inferred: a context of
+            another length than ``x`` is refused with a ``ValueError``.
         chunk_causal: positions never see the context of a later chunk (RETRO).
         context_required: a query always needs context (no self-attention fallback).
         min_query_len: the shortest ``x`` the harness builds (lengths below it are raised
             to it), e.g. RETRO's ``chunk_size`` when a shorter ``x`` has no chunk at all.
+        inferred: the names not declared (set by the zoo, not an argument).
     """
 
     attention: bool = True
-    self_attention: bool = True
-    masks: bool = True
-    dropout: bool = True
+    self_attention: bool = INFERRED
+    masks: bool = INFERRED
+    dropout: bool = INFERRED
     query_order_equivariant: bool = True
     context_order_invariant: bool = True
     context_set_axes: tuple[int, ...] = (1,)
-    equal_lengths: bool = False
+    equal_lengths: bool = INFERRED
     chunk_causal: bool = False
     context_required: bool = False
     min_query_len: int = 1
+    inferred: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        undeclared = {k for k in _INFERABLE if getattr(self, k) is INFERRED}
+        for k in undeclared:
+            object.__setattr__(self, k, _INFERABLE[k])
+        object.__setattr__(self, "inferred", frozenset(undeclared))
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every capability by name (``inferred`` left out)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "inferred"}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,32 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["parametrize_with_checks", "HarnessCheck", "run_check"]
+__all__ = ["parametrize_with_checks", "HarnessCheck", "run_check", "expect", "LawFailed"]
+
+
+class LawFailed(AssertionError):
+    """A law does not hold (raised by :func:`expect`); the harness reports its message."""
+
+
+def expect(condition: Any, message: str) -> None:
+    """Fail a law (or any check of yours) with ``message`` unless ``condition`` is true.
+
+    Use it instead of ``assert`` in :class:`zoo.Law` functions: ``python -O`` strips
+    asserts, so a broken law written with them would pass. A NaN comparison is false,
+    so ``expect(err < 1e-10, ...)`` fails on a NaN error too::
+
+        from zoo.testing import expect
+
+        def my_law(spec, fields, generator):
+            err = ...
+            expect(err < 1e-10, f"differs from the written-out formula by {err:.2e}")
+
+    Raises:
+        LawFailed: ``condition`` is false (an ``AssertionError``, which the harness
+            reports as the law's failure with ``message``).
+    """
+    if not condition:
+        raise LawFailed(message)
 
 
 class HarnessCheck:
@@ -95,7 +120,7 @@ def parametrize_with_checks(
     """
     import pytest
 
-    from zoo.harness import _resolve, planned_checks
+    from zoo.harness import SLOW_CHECK_IDS, _resolve, planned_checks
 
     expected = dict(expected_failures or {})
     used: set[Any] = set()
@@ -104,7 +129,7 @@ def parametrize_with_checks(
         spec = _resolve(v)
         for check_id in planned_checks(spec, checks=checks, slow=slow):
             marks = []
-            if check_id in ("compile", "ddp"):
+            if check_id in SLOW_CHECK_IDS:
                 marks.append(pytest.mark.zoo_slow)
             for key, reason in expected.items():
                 if _key_matches(key, spec.name, spec.aliases, check_id):

@@ -27,6 +27,7 @@ from zoo.functional import attend, validate_mask, validate_tensor
 
 from zoo.nn import MultiHeadBase, MultiHeadFields
 from zoo.oracle import heads_merge, heads_view, linear, naive_attention
+from zoo.testing import expect
 
 __all__ = ["RetroConfig", "ChunkedCrossAttention", "reference", "make_inputs", "SPEC"]
 
@@ -266,21 +267,21 @@ def _law_causality(spec, fields, generator):
             first = (u + 1) * m - 1  # the first position allowed to see chunk u's neighbours
             for name, out in zip(("neighbours", "mask"), outs):
                 early = (out[:, :first] - base[:, :first]).abs().max().item() if first else 0.0
-                assert early <= 1e-12, (
+                expect(early <= 1e-12, (
                     f"changing the {name} of chunk {u} changed positions before {first} "
                     f"(max change {early:.3e}): a position saw the neighbours of a chunk that "
                     f"is not yet complete"
-                )
+                ))
         for u, (out, _) in enumerate(perturbed):  # then: the law is not vacuous
             first = (u + 1) * m - 1
             window = (out[:, first : first + m] - base[:, first : first + m]).abs().max().item()
-            assert window > 1e-9, (
+            expect(window > 1e-9, (
                 f"changing the neighbours of chunk {u} did not change positions {first}..{first + m - 1}, "
                 f"which should attend to them"
-            )
-        assert base[:, : m - 1].abs().max().item() == 0.0 if m > 1 else True, (
+            ))
+        expect(base[:, : m - 1].abs().max().item() == 0.0 if m > 1 else True, (
             f"positions before chunk_size - 1 = {m - 1} must output exactly zero"
-        )
+        ))
 
 
 def _law_single_chunk_is_cross(spec, fields, generator):
@@ -303,8 +304,8 @@ def _law_single_chunk_is_cross(spec, fields, generator):
             ours = layer(x, ctx, context_mask=mask)
             theirs = cross(x[:, m - 1:], ctx.reshape(b, k * r, dc), context_mask=mask.reshape(b, k * r))
         err = (ours[:, m - 1:] - theirs).abs().max().item()
-        assert err < 1e-10, f"N={n}, chunk_size={m}: differs from cross over the chunk's neighbours by {err:.2e}"
-        assert ours[:, : m - 1].abs().max().item() == 0.0 if m > 1 else True, "positions p < m-1 must be zero"
+        expect(err < 1e-10, f"N={n}, chunk_size={m}: differs from cross over the chunk's neighbours by {err:.2e}")
+        expect(ours[:, : m - 1].abs().max().item() == 0.0 if m > 1 else True, "positions p < m-1 must be zero")
 
 
 SPEC = zoo.VariantSpec(

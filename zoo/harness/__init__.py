@@ -5,7 +5,8 @@
     >>> report.passed, [r.check for r in report.results][:3]
     (True, ['shape', 'oracle-forward', 'oracle-grad'])
 
-:func:`check` runs each check (see :data:`CHECK_IDS` and ``zoo check --list-checks``) on
+:func:`check` runs each check (see :data:`CHECK_IDS`, the table :data:`zoo.harness.ids.CHECK_TABLE`
+and ``zoo check --list-checks``) on
 every example config of the spec and returns a :class:`CheckReport`. Capabilities decide
 which checks apply (the others are "skipped" with the reason). Slow checks
 (``compile``, ``ddp``) run only with ``slow=True``.
@@ -19,6 +20,7 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from zoo.harness.ids import ALL_CHECK_IDS, CHECK_IDS, OPT_IN_CHECK_IDS, SLOW_CHECK_IDS
 from zoo.harness.report import CheckReport, CheckResult, render_failures, render_table
 from zoo.spec import VariantSpec
 
@@ -29,19 +31,13 @@ __all__ = [
     "CheckResult",
     "CHECK_IDS",
     "SLOW_CHECK_IDS",
+    "OPT_IN_CHECK_IDS",
     "describe_checks",
     "planned_checks",
     "render_table",
     "render_failures",
 ]
 
-# Stable ids, in the order they run (kept here as plain data: importing them needs no torch).
-CHECK_IDS: tuple[str, ...] = (
-    "shape", "oracle-forward", "oracle-grad", "mask", "masked-rows", "batch-independence",
-    "context-order", "query-order", "chunk-causality", "eval-determinism", "dropout", "state-dict",
-    "config-roundtrip", "bad-input",
-)
-SLOW_CHECK_IDS: tuple[str, ...] = ("compile", "ddp")
 DTYPE_NAMES = ("float32", "float64", "bfloat16")
 
 
@@ -61,7 +57,7 @@ def _validate_selectors(checks: Iterable[str] | str | None) -> list[str] | None:
     if isinstance(checks, str):
         checks = [c for c in checks.split(",")]
     selectors = [c.strip() for c in checks if c and c.strip()]
-    known = [*CHECK_IDS, *SLOW_CHECK_IDS]
+    known = list(ALL_CHECK_IDS)
     for sel in selectors:
         if sel.startswith("law:") or any(fnmatch.fnmatchcase(k, sel) for k in known):
             continue
@@ -92,10 +88,10 @@ def _validate_dtypes(dtypes: Iterable[str] | str | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _selected(check_id: str, slow_check: bool, selectors: list[str] | None, slow: bool) -> bool:
+def _selected(chk: Any, selectors: list[str] | None, slow: bool) -> bool:
     if selectors is None:
-        return slow or not slow_check
-    return any(fnmatch.fnmatchcase(check_id, s) for s in selectors)
+        return chk.default and (slow or not chk.slow)
+    return any(fnmatch.fnmatchcase(chk.id, s) for s in selectors)
 
 
 def planned_checks(name_or_spec: Any, *, checks: Iterable[str] | str | None = None,
@@ -105,7 +101,7 @@ def planned_checks(name_or_spec: Any, *, checks: Iterable[str] | str | None = No
 
     spec = _resolve(name_or_spec)
     selectors = _validate_selectors(checks)
-    return [c.id for c in checks_for(spec) if _selected(c.id, c.slow, selectors, slow)]
+    return [c.id for c in checks_for(spec) if _selected(c, selectors, slow)]
 
 
 def describe_checks(spec: VariantSpec | None = None) -> list[tuple[str, str, bool]]:
@@ -156,15 +152,18 @@ def check(
 
     from zoo.harness.checks import Case, CheckFailed, SkipCheck, checks_for
 
+    from zoo.harness.capabilities import resolve_capabilities
+
     spec = _resolve(name_or_spec)
     selectors = _validate_selectors(checks)
     dtype_names = _validate_dtypes(dtypes)
+    spec = spec.replace(capabilities=resolve_capabilities(spec))  # what was not declared, observed
     configs = tuple(examples) if examples is not None else spec.example_configs()
     cases = [Case(spec, fields, i, device=device, seed=seed, dtypes=dtype_names) for i, fields in enumerate(configs)]
     report = CheckReport(variant=spec.name, source=spec.source)
     start = time.perf_counter()
     for chk in checks_for(spec):
-        if not _selected(chk.id, chk.slow, selectors, slow):
+        if not _selected(chk, selectors, slow):
             continue
         if progress:
             progress(spec.name, chk.id, None)

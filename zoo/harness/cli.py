@@ -77,7 +77,10 @@ def _list_checks() -> int:
     from zoo.text import format_table
     from zoo.harness import describe_checks
 
-    rows = [(cid, "slow" if slow else "default", desc) for cid, desc, slow in describe_checks()]
+    from zoo.harness.ids import OPT_IN_CHECK_IDS
+
+    rows = [(cid, "slow" if slow else "opt-in (-k)" if cid in OPT_IN_CHECK_IDS else "default", desc)
+            for cid, desc, slow in describe_checks()]
     rows.append(("law:<name>", "default", "each law a variant's spec declares (see `zoo show NAME`)"))
     print(format_table(("check", "runs", "what it proves"), rows))
     return 0

@@ -12,29 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from zoo.harness.ids import SHORT_NAMES
+
 __all__ = ["CheckResult", "CheckReport", "render_table", "render_failures", "SHORT_NAMES"]
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
-# Column labels for the table (the full ids are listed in a legend below it).
-SHORT_NAMES = {
-    "shape": "shape",
-    "oracle-forward": "fwd",
-    "oracle-grad": "grad",
-    "mask": "mask",
-    "masked-rows": "rows",
-    "batch-independence": "batch",
-    "context-order": "c-ord",
-    "query-order": "q-ord",
-    "chunk-causality": "chunk",
-    "eval-determinism": "det",
-    "dropout": "drop",
-    "state-dict": "sd",
-    "config-roundtrip": "cfg",
-    "bad-input": "input",
-    "compile": "compile",
-    "ddp": "ddp",
-}
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.harness.checks import Case, CheckFailed, SkipCheck, _detached, _run, compare
+from zoo.harness.case import Case, CheckFailed, SkipCheck, _detached, _run, compare
 
 __all__ = ["check_compile", "check_ddp"]
 
