@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -251,3 +252,256 @@ def test_plugin_raising_on_import_is_reported_and_rest_works(thirdparty_site, zo
     assert "see `zoo plugins`" in listed.stderr
     strict = zoo_cli("list", site=thirdparty_site, env={"ZOO_STRICT_PLUGINS": "1"})
     assert strict.returncode != 0 and "broken on purpose" in strict.stderr
+
+
+# -- strangers' plugins: nothing declared, no name taken, no tool taken down -------------------
+
+STRANGERS = ("zoo-stranger-gated", "zoo-stranger-context", "aaa-zoo-squatter")
+
+
+@pytest.fixture(scope="session")
+def stranger_site(tmp_path_factory):
+    """Contract-only plugins and a name squatter, installed for real with pip."""
+    from conftest import PACKAGES, pip_install_target
+
+    target = tmp_path_factory.mktemp("strangers")
+    pip_install_target(target, *(PACKAGES / name for name in STRANGERS))
+    return target
+
+
+def test_contract_only_plugins_pass_zoo_check_declaring_nothing(stranger_site, zoo_cli):
+    """Written against CONTRACT.md alone (plain torch), no capabilities declared: one needs a
+    context and drops attention weights in training, one has no dropout field at all."""
+    out = zoo_cli("check", "stranger-gated", "stranger-context", "-q", site=stranger_site)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "all 2 variant(s) passed" in out.stdout
+    shown = zoo_cli("show", "stranger-context", site=stranger_site)
+    caps = " ".join(shown.stdout.split()).split("capabilities ")[1].split(" laws ")[0]
+    yes, no = caps.split("; not: ")
+    assert "dropout (inferred)" in yes and "masks (inferred)" in yes
+    assert "self_attention (inferred)" in no and "equal_lengths (inferred)" in no
+    shown = " ".join(zoo_cli("show", "stranger-gated", site=stranger_site).stdout.split())
+    assert "self_attention (inferred)" in shown.split("; not: ")[0]
+    assert "dropout (inferred)" in shown.split("; not: ")[1]
+
+
+def test_capabilities_are_inferred_and_declared_values_win():
+    from attention_zoo_plugins import selfdoc
+    from zoo.harness.capabilities import resolve_capabilities
+
+    caps = zoo.Capabilities(context_order_invariant=False)  # declares only what cannot be observed
+    assert caps.inferred == {"dropout", "masks", "self_attention", "equal_lengths"}
+    resolved = resolve_capabilities(selfdoc.SPEC.replace(capabilities=caps))
+    assert resolved.equal_lengths and resolved.dropout and resolved.masks  # observed from the layer
+    assert resolved.inferred == caps.inferred and not resolved.context_order_invariant
+    declared = zoo.Capabilities(dropout=False, equal_lengths=False)
+    resolved = resolve_capabilities(cross.SPEC.replace(capabilities=declared))
+    assert not resolved.dropout and not resolved.equal_lengths  # the config has dropout: declared wins
+    assert resolved.inferred == {"masks", "self_attention"}
+
+
+def test_a_variant_that_needs_a_context_is_not_forced_into_self_attention():
+    import math
+
+    class NeedsContext(cross.CrossAttention):
+        def forward(self, x, context=None, *, context_mask=None):
+            if context is None:
+                raise ValueError("context is required")
+            return super().forward(x, context, context_mask=context_mask)
+
+    spec = cross.SPEC.replace(module=NeedsContext, capabilities=zoo.Capabilities(), laws=(),
+                              examples=({"query_dim": 8, "heads": 2, "dim_head": 4},))
+    report = zoo.check(spec, checks="shape,oracle-forward,batch-independence")
+    assert report.passed, report.table()
+    assert math.isfinite(report.seconds)
+
+
+def test_builtin_names_win_and_the_loser_is_blamed(stranger_site, zoo_cli):
+    listed = zoo_cli("list", site=stranger_site)
+    assert listed.returncode == 0, listed.stderr
+    names = [line.split()[0] for line in listed.stdout.splitlines()[2:] if line[:1].strip()]
+    assert {"cross", "film", "squatter-ok"} <= set(names)  # the squatter's honest variant loads
+    assert "cross-attention" not in names and "squatter-film" not in names  # its claims are refused
+    code = ("import zoo; s = zoo.get_variant('film'); c = zoo.get_variant('cross-attention');"
+            "print(zoo.plugins() and s.distribution, c.name, c.distribution)")
+    env = {**os.environ, "PYTHONPATH": str(stranger_site)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.stdout.split() == ["attention-zoo", "cross", "attention-zoo"], res.stderr
+    plugins = zoo_cli("plugins", site=stranger_site)
+    text = " ".join(plugins.stdout.split())
+    rows = {ln.split()[0]: " ".join(ln.split()) for ln in plugins.stdout.splitlines() if ln[:1].strip()}
+    assert rows["cross"].split()[1:4] == ["attention-zoo", rows["cross"].split()[2], "loaded"]
+    squatter = rows["cross@aaa-zoo-squatter"]
+    assert "aaa-zoo-squatter 0.0.1 loaded" in squatter
+    code = "import json, zoo; print(json.dumps({p.name: p.problems for p in zoo.plugins()}))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    problems = json.loads(res.stdout)
+    assert not problems["cross"] and not problems["film"]  # the holders are not blamed
+    blamed = " | ".join(problems["cross@aaa-zoo-squatter"])
+    assert "plugin name 'cross' is held by plugin cross (attention-zoo" in blamed
+    assert "cannot register 'cross-attention' from plugin 'cross@aaa-zoo-squatter'" in blamed
+    assert "alias 'film' of 'squatter-film'" in blamed and "already taken by variant 'film'" in blamed
+
+
+def test_a_plugin_exiting_on_import_takes_no_command_down(stranger_site, zoo_cli):
+    out = zoo_cli("plugins", site=stranger_site)
+    assert out.returncode == 0, out.stderr
+    line = " ".join(next(ln for ln in out.stdout.splitlines() if ln.startswith("exits-on-import")).split())
+    assert "aaa-zoo-squatter" in line and "failed" in line
+    assert "import failed: SystemExit: 3" in " ".join(out.stdout.split())  # the table may wrap it
+    assert zoo_cli("list", site=stranger_site).returncode == 0
+
+
+class ExitsInHook:
+    @zoo.hookimpl
+    def zoo_register_variants(self, register):
+        register(_spec("half-registered"))
+        sys.exit(3)
+
+
+def test_a_hook_raising_system_exit_is_contained_and_leaves_nothing(cross_registry):
+    info = cross_registry.load_plugin(ExitsInHook(), name="exits")
+    assert info.status == "failed" and "SystemExit: 3" in info.error
+    assert zoo.list_variants() == ["cross"]  # what it registered before exiting is gone
+
+
+def test_strict_mode_raises_the_same_error_on_every_call(monkeypatch):
+    from importlib import metadata
+
+    real = metadata.entry_points
+
+    def with_a_broken_one(**kw):
+        return [*real(**kw), metadata.EntryPoint("boom", "zoo_no_such_module_anywhere", "zoo")]
+
+    monkeypatch.setattr(metadata, "entry_points", with_a_broken_one)
+    reg = Registry(env={"ZOO_STRICT_PLUGINS": "1", "ZOO_LOAD_PLUGINS": "cross,boom"})
+    messages = []
+    for call in (reg.names, reg.plugins, lambda: reg.get("cross"), reg.names):
+        with pytest.raises(PluginError, match="boom") as info:
+            call()
+        messages.append(str(info.value))
+    assert len(set(messages)) == 1
+
+
+def test_strict_in_process_plugin_failure_rolls_back(cross_registry):
+    cross_registry.strict = True
+    with pytest.raises(PluginError, match="SystemExit"):
+        cross_registry.load_plugin(ExitsInHook(), name="exits")
+    assert cross_registry.names() == ["cross"]
+
+
+def test_hooks_are_called_through_pluggy(cross_registry):
+    class Wrapper:
+        @zoo.hookimpl(wrapper=True)
+        def zoo_register_variants(self, register):
+            register(_spec("wrapped"))
+            return (yield)
+
+    class OldWrapper:
+        @zoo.hookimpl(hookwrapper=True)
+        def zoo_register_variants(self, register):
+            register(_spec("old-wrapped"))
+            yield
+
+    class TriesFirst:
+        @zoo.hookimpl(tryfirst=True)
+        def zoo_register_variants(self, register):
+            register(_spec("jumps-the-queue"))
+
+    assert cross_registry.load_plugin(Wrapper(), name="wrapper").variants == ["wrapped"]
+    assert cross_registry.load_plugin(OldWrapper(), name="old").variants == ["old-wrapped"]
+    refused = cross_registry.load_plugin(TriesFirst(), name="first")
+    assert refused.status == "failed" and "plugin 'first' marks zoo_register_variants tryfirst" in refused.error
+    assert "jumps-the-queue" not in zoo.list_variants()
+
+
+def test_command_hooks_respect_tryfirst_and_trylast(cross_registry):
+    import argparse
+
+    calls = []
+
+    def adder(label, **marks):
+        class Adds:
+            @zoo.hookimpl(**marks)
+            def zoo_register_commands(self, subparsers):
+                calls.append(label)
+
+        return Adds()
+
+    cross_registry.load_plugin(adder("last", trylast=True), name="a")
+    cross_registry.load_plugin(adder("plain"), name="b")
+    cross_registry.load_plugin(adder("first", tryfirst=True), name="c")
+    cross_registry.call_commands_hook(argparse.ArgumentParser().add_subparsers())
+    assert calls == ["first", "plain", "last"]
+
+
+def test_plugin_import_time_excludes_torch():
+    code = """
+import sys
+from importlib import metadata
+from zoo.registry import Registry
+seen, real = [], metadata.EntryPoint.load
+def load(self):
+    seen.append((self.name, "torch" in sys.modules))
+    return real(self)
+metadata.EntryPoint.load = load
+reg = Registry(env={"ZOO_LOAD_PLUGINS": "cross,film"})
+reg.names()
+print(seen, reg.torch_import_seconds is not None)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("ZOO_")})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[('cross', True), ('film', True)] True"
+
+
+def test_spec_replace_with_a_new_name_registers_and_checks(registry):
+    copy = cross.SPEC.replace(name="my-copy")
+    assert copy.aliases == () and copy.config is not cross.CrossConfig
+    zoo.register(copy)
+    layer = zoo.create("my-copy", query_dim=8, heads=2, dim_head=4)
+    assert layer.config.variant == "my-copy" and isinstance(layer.config, cross.CrossConfig)
+    assert zoo.check("my-copy", checks="shape,config-roundtrip,state-dict").passed
+    assert cross.SPEC.replace(summary="same name").config is cross.CrossConfig
+
+
+@pytest.mark.parametrize("value, fragment", [
+    ({"variant": "crosss", "query_dim": 8}, "did you mean 'cross'"),
+    ({"query_dim": 8}, "needs a 'variant' key"),
+])
+def test_attention_config_errors_are_validation_errors(cross_registry, value, fragment):
+    import pydantic
+
+    class Model(pydantic.BaseModel):
+        width: int
+        attention: zoo.AttentionConfig
+
+    with pytest.raises(pydantic.ValidationError) as info:
+        Model(width=8, attention=value)
+    (error,) = info.value.errors()
+    assert error["loc"] == ("attention",) and fragment in error["msg"]
+
+
+CLOSED_PIPE = """
+import sys
+sys.path.insert(0, {tests!r})
+from zoo.registry import Registry, use_registry
+from broken_layers import PLANTED, SOUND
+reg = Registry(load_entry_points=False, env={{}})
+reg.register({spec})
+with use_registry(reg):
+    from zoo.cli import main
+    sys.exit(main(["check", "cross", "-k", "mask,shape", "-q"]))
+"""
+
+
+@pytest.mark.parametrize("spec, status", [('PLANTED["ignored-mask"][0]', 1), ("SOUND", 0)])
+def test_exit_status_survives_a_closed_output_stream(spec, status):
+    from pathlib import Path
+
+    code = CLOSED_PIPE.format(tests=str(Path(__file__).parent), spec=spec)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `| head -0`: nobody reads what zoo prints
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == status, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err

@@ -198,6 +198,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             detail += " | " + "; ".join(p.problems)
         rows.append((p.name, p.distribution or "-", p.version or "-", p.status, f"{p.seconds * 1000:.0f} ms", detail))
     print(format_table(("plugin", "distribution", "version", "status", "import", "variants / error"), rows))
+    torch_s = default_registry().torch_import_seconds
+    if torch_s is not None:
+        print(f"\n(import times exclude torch's own import: {torch_s * 1000:.0f} ms, before any plugin)")
     return 1 if args.strict and any(p.status == "failed" or p.problems for p in infos) else 0
 
 
@@ -233,8 +236,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _PipeSafeStdout:
+    """``sys.stdout`` that survives a reader closing the pipe (``zoo check | head -0``):
+    later output goes to /dev/null, and the command still returns its own status."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _closed_pipe(self) -> None:
+        import os
+
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())  # so the flush at exit cannot fail either
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._closed_pipe()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._closed_pipe()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``zoo`` command line; returns the exit status (whatever became of stdout)."""
     _printable_streams()
+    real_stdout = sys.stdout
+    sys.stdout = _PipeSafeStdout(real_stdout)
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+        return status
+    finally:
+        sys.stdout = real_stdout
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):  # a plugin printing at import: never on stdout
             parser = build_parser()
@@ -256,7 +305,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginError as exc:
         print(f"zoo: {exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:
-        return 0
     finally:
         _JSON_STREAM.pop()

@@ -140,6 +140,16 @@ def parse_config(data: Any, spec: VariantSpec | None = None) -> VariantConfig:
     return spec.config.model_validate({**data, "variant": spec.name})
 
 
+def _parse_field(data: Any) -> VariantConfig:
+    """:func:`parse_config` for a pydantic field: an unknown variant (a ``LookupError``)
+    becomes a ``ValueError``, so pydantic reports a ``ValidationError`` at the field's
+    location with the suggestion."""
+    try:
+        return parse_config(data)
+    except LookupError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class _AnyVariant:
     """Pydantic hooks behind :data:`AttentionConfig` (looked up at validation time)."""
 
@@ -151,7 +161,7 @@ class _AnyVariant:
             return value
 
         return core_schema.no_info_plain_validator_function(
-            parse_config,
+            _parse_field,
             serialization=core_schema.plain_serializer_function_ser_schema(
                 serialize, info_arg=True
             ),

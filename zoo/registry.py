@@ -2,15 +2,29 @@
 
 Plugins are found through the entry-point group ``zoo`` and loaded lazily, once,
 the first time the registry is consulted. Each plugin is imported and called in
-isolation: one that fails to import, raises in its hook, registers a clashing name
-or an invalid spec is recorded as a failure (``zoo plugins`` lists it with its
-name, version and error) and every other plugin keeps working.
+isolation: one that fails to import, raises in its hook (``SystemExit`` included:
+any ``BaseException`` but ``KeyboardInterrupt``), registers a clashing name or an
+invalid spec is recorded as a failure (``zoo plugins`` lists it with its name,
+version and error) and every other plugin keeps working. A failed plugin leaves no
+variant behind.
+
+Names belong to whoever holds them first, in this order: the built-in variants
+(distribution ``attention-zoo``), then third-party plugins sorted by distribution
+name. A clash is reported against the plugin that lost; its other variants load. An
+entry point named like an already loaded plugin never replaces it: it is loaded as
+``name@distribution`` and the clash is reported.
+
+Hooks are called through pluggy, one plugin at a time, in that order (wrappers work;
+``tryfirst``/``trylast`` on ``zoo_register_variants`` are refused, since they would
+reorder name precedence). Plugin import times are measured after ``torch`` itself is
+imported, so the first plugin is not blamed for it.
 
 Environment variables:
     ZOO_LOAD_PLUGINS: comma-separated entry-point or distribution names to load;
         unset loads all, empty (or ``none``) loads none.
     ZOO_STRICT_PLUGINS: ``1`` turns plugin failures (and slow imports) into a
-        :class:`zoo.PluginError` (for CI).
+        :class:`zoo.PluginError` (for CI), raised again on every later call; the
+        registry then holds no variant at all (never a half-loaded set).
     ZOO_PLUGIN_SLOW_S: seconds above which a plugin's import is reported as slow
         (default 2).
 """
@@ -49,6 +63,23 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "zoo"
+BUILTIN_DISTRIBUTION = "attention-zoo"
+
+
+def _norm(dist_name: str | None) -> str:
+    return (dist_name or "").lower().replace("_", "-").replace(".", "-")
+
+
+def _precedence(ep: metadata.EntryPoint) -> tuple[int, str, str]:
+    """Load order = name precedence: built-ins first, then distributions by name."""
+    dist = getattr(ep, "dist", None)
+    name = _norm(dist.name if dist else None)
+    return (0 if name == BUILTIN_DISTRIBUTION else 1, name, ep.name)
+
+
+def _contained(exc: BaseException) -> bool:
+    """Whether a plugin's exception is contained (everything but Ctrl-C)."""
+    return not isinstance(exc, KeyboardInterrupt)
 
 
 @dataclass
@@ -81,6 +112,10 @@ def _allowed(env_value: str | None, ep: metadata.EntryPoint) -> bool:
     return ep.name in wanted or (dist is not None and dist.name in wanted)
 
 
+class _Refused(Exception):
+    """A hook implementation the zoo refuses to call (the message says why)."""
+
+
 class Registry:
     """A set of registered variants plus the plugin manager that filled it.
 
@@ -108,6 +143,8 @@ class Registry:
         self._load_entry_points = load_entry_points
         self._loaded = False
         self._adapters: list[Any] | None = None
+        self._load_error: PluginError | None = None
+        self.torch_import_seconds: float | None = None
         self._lock = threading.RLock()
         self.pm = pluggy.PluginManager("zoo")
         self.pm.add_hookspecs(hookspecs)
@@ -115,21 +152,40 @@ class Registry:
     # -- plugin loading -------------------------------------------------
     def _ensure_loaded(self) -> None:
         if self._loaded:
+            self._raise_load_error()
             return
         with self._lock:
             if self._loaded:
+                self._raise_load_error()
                 return
-            self._loaded = True
-            if self._load_entry_points:
+            self._loaded = True  # before loading: a plugin may consult the registry
+            if not self._load_entry_points:
+                return
+            try:
                 self._load_entry_point_plugins()
+            except PluginError as exc:  # strict mode: nothing half-loaded, the same error every call
+                self._specs.clear()
+                self._aliases.clear()
+                self._load_error = exc
+                raise
+
+    def _raise_load_error(self) -> None:
+        if self._load_error is not None:
+            raise PluginError(str(self._load_error)) from self._load_error.__cause__
 
     def _load_entry_point_plugins(self) -> None:
         wanted = self._env.get("ZOO_LOAD_PLUGINS")
         seen: set[tuple[str, str]] = set()
-        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_precedence)
         slow_s = float(self._env.get("ZOO_PLUGIN_SLOW_S", "2"))
+        eps = [ep for ep in eps if _allowed(wanted, ep)]
+        if eps:
+            start = time.perf_counter()
+            import torch  # noqa: F401 - every plugin needs it; its import is not any plugin's cost
+
+            self.torch_import_seconds = time.perf_counter() - start
         for ep in eps:
-            if (ep.name, ep.value) in seen or not _allowed(wanted, ep):
+            if (ep.name, ep.value) in seen:
                 continue
             seen.add((ep.name, ep.value))
             dist = getattr(ep, "dist", None)
@@ -141,16 +197,20 @@ class Registry:
             start = time.perf_counter()
             try:
                 obj = ep.load()
-            except (Exception, SystemExit) as exc:  # noqa: BLE001 - never take the zoo down
+            except BaseException as exc:  # noqa: BLE001 - never take the zoo down (SystemExit too)
+                if not _contained(exc):
+                    raise
                 info.seconds = time.perf_counter() - start
                 self._fail(info, f"import failed: {type(exc).__name__}: {exc}", exc)
                 continue
             info.seconds = time.perf_counter() - start
             if info.seconds > slow_s:
-                info.problems.append(f"slow import: {info.seconds:.1f} s (limit {slow_s:g} s)")
+                info.problems.append(f"slow import: {info.seconds:.1f} s (limit {slow_s:g} s; torch's own "
+                                     f"import is not counted)")
             self._add_plugin(obj, info)
 
     def _fail(self, info: PluginInfo, message: str, exc: BaseException | None = None) -> None:
+        self._unique_name(info)
         info.status = "failed"
         info.error = message
         self._plugins[info.name] = info
@@ -169,32 +229,67 @@ class Registry:
             self._adapters = None  # collected again: the new plugin may register adapters
         return info
 
+    def _unique_name(self, info: PluginInfo) -> None:
+        """An entry point named like a plugin already loaded never replaces it."""
+        holder = self._plugins.get(info.name)
+        if holder is info or (holder is None and self.pm.get_plugin(info.name) is None):
+            return
+        wanted, base = info.name, f"{info.name}@{info.distribution or 'in-process'}"
+        info.name, n = base, 2
+        while info.name in self._plugins or self.pm.get_plugin(info.name) is not None:
+            info.name, n = f"{base}-{n}", n + 1
+        held = f"plugin {holder.label}" if holder else "another plugin"
+        info.problems.append(f"plugin name {wanted!r} is held by {held}; loaded as {info.name!r}")
+
     def _add_plugin(self, obj: Any, info: PluginInfo) -> None:
+        self._unique_name(info)
         try:
             self.pm.register(obj, name=info.name)
             self.pm.check_pending()
         except Exception as exc:  # noqa: BLE001
-            with contextlib.suppress(Exception):
+            if self.pm.get_plugin(info.name) is obj:
                 self.pm.unregister(name=info.name)
             self._fail(info, f"invalid hooks: {type(exc).__name__}: {exc}", exc)
             return
         self._plugins[info.name] = info
-        for impl in self.pm.hook.zoo_register_variants.get_hookimpls():
-            if impl.plugin_name != info.name:
-                continue
-
-            def _register(spec: Any, _info: PluginInfo = info) -> None:
-                self._register_from_plugin(spec, _info)
-
-            try:
-                impl.function(*[{"register": _register}[a] for a in impl.argnames])
-            except PluginError:
+        specs, aliases = dict(self._specs), dict(self._aliases)
+        try:
+            self._call_register_hook(obj, info)
+        except BaseException as exc:
+            if not _contained(exc):
                 raise
-            except Exception as exc:  # noqa: BLE001
-                self._fail(info, f"zoo_register_variants raised {type(exc).__name__}: {exc}", exc)
-                info.error += "\n" + "".join(traceback.format_exception(exc)[-3:]).rstrip()
+            self._specs, self._aliases = specs, aliases  # a failed plugin leaves nothing behind
+            info.variants.clear()
+            if isinstance(exc, PluginError):
+                raise
+            message = f"zoo_register_variants raised {type(exc).__name__}: {exc}"
+            if not isinstance(exc, _Refused):
+                message += "\n" + "".join(traceback.format_exception(exc)[-3:]).rstrip()
+            self._fail(info, message, exc)
+            return
         if self.strict and info.problems:
+            self._specs, self._aliases = specs, aliases
             raise PluginError(f"plugin {info.label}: " + "; ".join(info.problems))
+
+    def _subset_caller(self, hook: str, obj: Any):
+        """Plugin ``obj``'s implementations of ``hook``, called through pluggy alone."""
+        others = [p for p in self.pm.get_plugins() if p is not obj]
+        return self.pm.subset_hook_caller(hook, remove_plugins=others)
+
+    def _call_register_hook(self, obj: Any, info: PluginInfo) -> None:
+        impls = [i for i in self.pm.hook.zoo_register_variants.get_hookimpls() if i.plugin is obj]
+        for impl in impls:
+            if impl.tryfirst or impl.trylast:
+                raise _Refused(f"plugin {info.name!r} marks zoo_register_variants "
+                               f"{'tryfirst' if impl.tryfirst else 'trylast'}: the zoo calls plugins in "
+                               f"name-precedence order (built-ins, then distributions by name); drop the marker")
+        if not impls:
+            return
+
+        def _register(spec: Any) -> None:
+            self._register_from_plugin(spec, info)
+
+        self._subset_caller("zoo_register_variants", obj)(register=_register)
 
     def _register_from_plugin(self, spec: Any, info: PluginInfo) -> None:
         try:
@@ -215,8 +310,9 @@ class Registry:
             for key in (spec.name, *spec.aliases):
                 owner = self._owner(key)
                 if owner is not None:
+                    what = repr(key) if key == spec.name else f"alias {key!r} of {spec.name!r}"
                     raise RegistrationError(
-                        f"cannot register {key!r} from {spec.source}: the name is already "
+                        f"cannot register {what} from {spec.source}: the name is already "
                         f"taken by variant {owner.name!r} from {owner.source}"
                     )
             self._specs[spec.name] = spec
@@ -274,17 +370,23 @@ class Registry:
         return sorted(self._plugins.values(), key=lambda p: p.name)
 
     def call_commands_hook(self, subparsers: Any) -> None:
-        """Let each plugin add CLI sub-commands; a failing plugin is reported, not fatal."""
+        """Let each plugin add CLI sub-commands (through pluggy, one plugin at a time, in
+        pluggy's order: tryfirst/trylast respected); a failing plugin is reported, not fatal."""
         self._ensure_loaded()
-        for impl in self.pm.hook.zoo_register_commands.get_hookimpls():
+        impls = self.pm.hook.zoo_register_commands.get_hookimpls()
+        order = list(dict.fromkeys(i.plugin_name for i in reversed(impls)))  # pluggy calls last-registered first
+        for name in order:
+            obj = self.pm.get_plugin(name)
             try:
-                impl.function(*[{"subparsers": subparsers}[a] for a in impl.argnames])
-            except Exception as exc:  # noqa: BLE001
-                info = self._plugins.get(impl.plugin_name)
+                self._subset_caller("zoo_register_commands", obj)(subparsers=subparsers)
+            except BaseException as exc:  # noqa: BLE001
+                if not _contained(exc):
+                    raise
+                info = self._plugins.get(name)
                 if info is not None:
                     info.problems.append(f"zoo_register_commands raised {type(exc).__name__}: {exc}")
                 if self.strict:
-                    raise PluginError(f"plugin {impl.plugin_name}: {exc}") from exc
+                    raise PluginError(f"plugin {name}: {type(exc).__name__}: {exc}") from exc
 
     def adapters(self) -> list[Any]:
         """The :class:`zoo.SwapAdapter` objects plugins register (hook

@@ -192,9 +192,18 @@ class VariantSpec:
 
         The copy is not registered, so it carries no provenance; ``plugin`` and
         ``distribution`` are accepted (and ignored) for older callers.
+        With a new ``name``, the copy registers and checks under that name: when its
+        config still names the old variant, a subclass accepting ``variant: Literal[name]``
+        is derived, and the old name's aliases are dropped (unless ``aliases`` is given).
         """
         changes.pop("plugin", None)
         changes.pop("distribution", None)
+        name = changes.get("name", self.name)
+        if name != self.name:
+            changes.setdefault("aliases", ())
+            config = changes.get("config", self.config)
+            if typing.get_args(getattr(config, "model_fields", {}).get("variant", _NoField).annotation) != (name,):
+                changes["config"] = _renamed_config(config, name)
         return dataclasses.replace(self, **changes)
 
     @property
@@ -219,6 +228,20 @@ class VariantSpec:
     def example_configs(self) -> tuple[dict, ...]:
         """The examples the harness builds; one from the config defaults if none given."""
         return self.examples or ({},)
+
+
+class _NoField:
+    annotation = None
+
+
+def _renamed_config(config: type, name: str) -> type:
+    """``config`` subclassed to accept ``variant: Literal[name]`` (for ``replace(name=...)``)."""
+    from pydantic import create_model
+
+    if not isinstance(name, str) or not isinstance(config, type) or "variant" not in getattr(config, "model_fields", {}):
+        return config  # validate_spec reports what is wrong
+    return create_model(config.__name__, __base__=config, __module__=config.__module__,
+                        variant=(typing.Literal[name], name))
 
 
 def validate_spec(spec: Any) -> VariantSpec:

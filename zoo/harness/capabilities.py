@@ -71,10 +71,12 @@ def _probe(spec: VariantSpec, caps: Capabilities) -> dict[str, bool]:
 
         same = inputs(n, n)
         seen["self_attention"].append(refuses({"x": same["x"]}) is not True)
-        other = inputs(n, n + 3)
-        ctx = other.get("context")
-        differs = isinstance(ctx, torch.Tensor) and ctx.ndim >= 3 and ctx.shape[1] != other["x"].shape[1]
-        seen["equal_lengths"].append(bool(differs and refuses(other) is True and refuses(same) is False))
+        ctx = same.get("context")
+        if isinstance(ctx, torch.Tensor) and ctx.ndim >= 3 and ctx.shape[1] == same["x"].shape[1]:
+            longer = torch.cat([ctx, ctx[:, :3]], dim=1)  # the same context, three items longer
+            other = {k: v for k, v in same.items() if k != "context_mask"}
+            seen["equal_lengths"].append(refuses({**other, "context": longer}) is True
+                                         and refuses(same) is False)
     return {k: any(v) for k, v in seen.items() if k in caps.inferred and v}
 
 
