@@ -260,6 +260,7 @@ class Registry:
                 raise
             self._specs, self._aliases = specs, aliases  # a failed plugin leaves nothing behind
             info.variants.clear()
+            self.pm.unregister(obj)  # nor any other hook (its commands)
             if isinstance(exc, PluginError):
                 raise
             message = f"zoo_register_variants raised {type(exc).__name__}: {exc}"
