@@ -109,8 +109,9 @@ class Law:
     """A variant-specific property the harness proves (a reduction, causality, ...).
 
     ``check(spec, fields, generator)`` builds what it needs from ``spec`` and the
-    example config ``fields`` and raises ``AssertionError`` with a helpful message
-    when the law does not hold. Its harness id is ``law:<name>``.
+    example config ``fields`` and fails through :func:`zoo.testing.expect` (an
+    ``AssertionError`` with a helpful message, kept under ``python -O``, unlike
+    ``assert``) when the law does not hold. Its harness id is ``law:<name>``.
     """
 
     name: str
