@@ -434,6 +434,7 @@ print(sys.flags.optimize, result.status, result.message)
 """
 
 
+@pytest.mark.slow  # subprocesses (a fresh torch import each)
 def test_a_law_written_with_expect_still_fails_under_python_O():
     import subprocess
     import sys

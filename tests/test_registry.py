@@ -269,6 +269,7 @@ def stranger_site(tmp_path_factory):
     return target
 
 
+@pytest.mark.slow  # subprocesses (a fresh torch import each)
 def test_contract_only_plugins_pass_zoo_check_declaring_nothing(stranger_site, zoo_cli):
     """Written against CONTRACT.md alone (plain torch), no capabilities declared: one needs a
     context and drops attention weights in training, one has no dropout field at all."""
@@ -316,6 +317,7 @@ def test_a_variant_that_needs_a_context_is_not_forced_into_self_attention():
     assert math.isfinite(report.seconds)
 
 
+@pytest.mark.slow  # subprocesses (a fresh torch import each)
 def test_builtin_names_win_and_the_loser_is_blamed(stranger_site, zoo_cli):
     listed = zoo_cli("list", site=stranger_site)
     assert listed.returncode == 0, listed.stderr
@@ -343,6 +345,7 @@ def test_builtin_names_win_and_the_loser_is_blamed(stranger_site, zoo_cli):
     assert "alias 'film' of 'squatter-film'" in blamed and "already taken by variant 'film'" in blamed
 
 
+@pytest.mark.slow  # subprocesses (a fresh torch import each)
 def test_a_plugin_exiting_on_import_takes_no_command_down(stranger_site, zoo_cli):
     out = zoo_cli("plugins", site=stranger_site)
     assert out.returncode == 0, out.stderr
@@ -435,6 +438,7 @@ def test_command_hooks_respect_tryfirst_and_trylast(cross_registry):
     assert calls == ["first", "plain", "last"]
 
 
+@pytest.mark.slow  # subprocesses (a fresh torch import each)
 def test_plugin_import_time_excludes_torch():
     code = """
 import sys
@@ -495,6 +499,7 @@ with use_registry(reg):
 """
 
 
+@pytest.mark.slow  # subprocesses (a fresh torch import each)
 @pytest.mark.parametrize("spec, status", [('PLANTED["ignored-mask"][0]', 1), ("SOUND", 0)])
 def test_exit_status_survives_a_closed_output_stream(spec, status):
     from pathlib import Path
