@@ -511,3 +511,36 @@ def test_exit_status_survives_a_closed_output_stream(spec, status):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == status, err.decode()
     assert b"Traceback" not in err and b"BrokenPipeError" not in err
+
+
+def test_other_threads_never_see_a_half_loaded_registry(monkeypatch):
+    import threading
+    import types
+    from importlib import metadata
+
+    started, release = threading.Event(), threading.Event()
+    slow = types.ModuleType("zoo_test_slow_plugin")
+
+    @zoo.hookimpl
+    def zoo_register_variants(register):
+        register(_spec("slow-one"))
+        started.set()
+        release.wait(30)
+        register(_spec("slow-two"))
+
+    slow.zoo_register_variants = zoo_register_variants
+    monkeypatch.setitem(sys.modules, "zoo_test_slow_plugin", slow)
+    monkeypatch.setattr(metadata, "entry_points",
+                        lambda **kw: [metadata.EntryPoint("slow", "zoo_test_slow_plugin", "zoo")])
+    reg = Registry(env={})
+    loader = threading.Thread(target=reg.names)
+    loader.start()
+    assert started.wait(30)
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append(reg.names()))
+    reader.start()
+    reader.join(0.5)  # the reader waits for the loader instead of reading half a registry
+    release.set()
+    loader.join(30)
+    reader.join(30)
+    assert seen == [["slow-one", "slow-two"]]

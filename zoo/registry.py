@@ -144,6 +144,7 @@ class Registry:
         self._loaded = False
         self._adapters: list[Any] | None = None
         self._load_error: PluginError | None = None
+        self._loader: int | None = None  # the thread loading the entry points, while it does
         self.torch_import_seconds: float | None = None
         self._lock = threading.RLock()
         self.pm = pluggy.PluginManager("zoo")
@@ -151,16 +152,17 @@ class Registry:
 
     # -- plugin loading -------------------------------------------------
     def _ensure_loaded(self) -> None:
-        if self._loaded:
+        if self._loaded and self._loader in (None, threading.get_ident()):
             self._raise_load_error()
             return
-        with self._lock:
+        with self._lock:  # another thread is loading: wait until it is done
             if self._loaded:
                 self._raise_load_error()
                 return
-            self._loaded = True  # before loading: a plugin may consult the registry
+            self._loaded = True  # before loading: a plugin may consult the registry (same thread)
             if not self._load_entry_points:
                 return
+            self._loader = threading.get_ident()
             try:
                 self._load_entry_point_plugins()
             except PluginError as exc:  # strict mode: nothing half-loaded, the same error every call
@@ -168,6 +170,8 @@ class Registry:
                 self._aliases.clear()
                 self._load_error = exc
                 raise
+            finally:
+                self._loader = None
 
     def _raise_load_error(self) -> None:
         if self._load_error is not None:
