@@ -274,11 +274,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``zoo`` command line; returns the exit status (whatever became of stdout)."""
     _printable_streams()
     real_stdout = sys.stdout
-    sys.stdout = _PipeSafeStdout(real_stdout)
+    safe = sys.stdout = _PipeSafeStdout(real_stdout)
     try:
         status = _main(argv)
-        sys.stdout.flush()
+        safe.flush()
         return status
+    except BrokenPipeError:  # written past the wrapper (e.g. to stdout.buffer): unknown status
+        safe._closed_pipe()
+        return 1  # the output could not be written: never report success
     finally:
         sys.stdout = real_stdout
 
