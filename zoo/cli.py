@@ -22,6 +22,7 @@ from zoo.text import config_rows, format_table, terminal_width, type_name  # noq
 _DELEGATED = {
     "check": ("zoo.harness.cli", "run the shared harness on variants (the main job)"),
     "bench": ("zoo.bench", "benchmark variants against their specs' hand-written baselines"),
+    "compare": ("zoo.compare.cli", "train variants on tasks that show what each can learn from its context"),
 }
 
 

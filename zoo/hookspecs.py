@@ -28,6 +28,7 @@ import pluggy
 if TYPE_CHECKING:
     import argparse
 
+    from zoo.compare.task import Task
     from zoo.registry import VariantSpec
     from zoo.swapping import Adapter
 
@@ -129,8 +130,36 @@ def zoo_register_adapters(register: Callable[[Adapter], None]) -> None:
     """
 
 
+@hookspec
+def zoo_register_tasks(register: Callable[[Task], None]) -> None:
+    """Register tasks for ``zoo compare`` (what a variant can learn from its context).
+
+    Called once per registry, the first time ``zoo compare`` (or
+    :func:`zoo.compare.list_tasks`, :func:`zoo.compare.get_task`) needs the task list,
+    for every loaded plugin that implements it. The built-in tasks (``recall``,
+    ``global``, ``aligned``, ``memory``, ``retrieval``) are registered this way too.
+
+    Args:
+        register: call ``register(task)`` once per :class:`zoo.compare.Task` instance
+            the plugin provides. A name already taken, or an object that is not a
+            usable task, is refused with a ``ValueError`` naming the problem; ``zoo
+            compare`` reports refused tasks and keeps the others.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Examples:
+
+        @zoo.hookimpl
+        def zoo_register_tasks(register):
+            from my_tasks import Copy          # a zoo.compare.Task subclass
+            register(Copy())
+    """
+
+
 HOOKS: dict[str, Any] = {
     "zoo_register_variants": zoo_register_variants,
     "zoo_register_commands": zoo_register_commands,
     "zoo_register_adapters": zoo_register_adapters,
+    "zoo_register_tasks": zoo_register_tasks,
 }

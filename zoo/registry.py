@@ -415,6 +415,11 @@ class Registry:
                 self._adapters = found
             return list(self._adapters)
 
+    def call_tasks_hook(self, register: Any) -> None:
+        """Let each plugin register ``zoo compare`` tasks through ``register(task)``."""
+        self._ensure_loaded()
+        self.pm.hook.zoo_register_tasks(register=register)
+
 
 _default: Registry | None = None
 _default_lock = threading.Lock()
