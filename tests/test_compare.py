@@ -212,3 +212,16 @@ def test_reports_render(compare_registry, tmp_path):
     png = draw(doc, tmp_path / "m.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert not math.isnan(doc["results"][1]["value"])
+
+
+def test_variant_section_for_the_catalog(compare_registry, tmp_path):
+    doc = zc.compare(["cross", "selfdoc"], ["recall"], quick=True)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(doc))
+    from zoo.compare.report import load, variant_section
+
+    loaded = load(path)
+    assert load(tmp_path / "missing.json") is None and variant_section(loaded, "film") is None
+    cross = variant_section(loaded, "cross")
+    assert "| recall | accuracy ↑ |" in cross and f"{doc['results'][1]['value']:.3f}" in cross
+    assert "n/a: selfdoc cannot take" in variant_section(loaded, "selfdoc")

@@ -15,7 +15,7 @@ import torch
 
 from zoo.compare.runner import FLOOR, SCHEMA, Tier
 
-__all__ = ["document", "table", "markdown", "draw", "validate_document"]
+__all__ = ["document", "table", "markdown", "draw", "validate_document", "load", "variant_section"]
 
 ROW_KEYS = ("variant", "task", "metric", "value", "higher_is_better", "params", "seconds")
 
@@ -160,3 +160,34 @@ def draw(doc: dict, path: str | os.PathLike) -> Path:
     out = Path(path)
     fig.savefig(out)
     return out
+
+
+def load(path: str | os.PathLike | None) -> dict | None:
+    """A committed ``zoo-compare/1`` document, or ``None`` when ``path`` is missing."""
+    import json
+
+    if path is None or not Path(path).exists():
+        return None
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    validate_document(doc)
+    return doc
+
+
+def variant_section(doc: dict | None, name: str) -> str | None:
+    """One variant's measured rows next to the floor, as Markdown (for its catalog page);
+    ``None`` when the document has no row for ``name``."""
+    if not doc:
+        return None
+    _, _, cells = _grid(doc)
+    rows = [r for r in doc["results"] if r["variant"] == name]
+    if not rows:
+        return None
+    lines = ["| task | metric | this variant | floor (`none`) | chance | trainable params |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        floor = cells.get((r["task"], FLOOR))
+        value = _fmt(r) if r["value"] is not None else f"n/a: {r.get('reason', '')}"
+        chance = "-" if r.get("chance") is None else f"{r['chance']:.3f}"
+        arrow = "↑" if r["higher_is_better"] else "↓"
+        lines.append(f"| {r['task']} | {r['metric']} {arrow} | {value} | {_fmt(floor) if floor else '-'} | {chance} | "
+                     f"{'-' if r['params'] is None else format(r['params'], ',')} |")
+    return "\n".join(lines)
