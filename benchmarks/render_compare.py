@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zoo.compare.report import markdown
+from zoo.compare.report import markdown, matrix_markdown
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -82,6 +82,13 @@ def main() -> None:
         if (RESULTS / name).exists():
             out += section(title, RESULTS / name)
     (HERE / "COMPARE.md").write_text("\n".join(out), encoding="utf-8")
+    # the matrix alone, included by docs/guides/choosing.md (the full tier when there is one)
+    best = next(RESULTS / n for n in ("compare-full.json", "compare-quick.json") if (RESULTS / n).exists())
+    doc = json.loads(best.read_text(encoding="utf-8"))
+    tier = doc["tier"]
+    note = (f"\n\n`zoo compare`, tier `{tier['name']}` ({tier['steps']} steps, seeds {tier['seeds']}, "
+            f"`benchmarks/results/{best.name}`); n/a: the variant cannot take the task's inputs.\n")
+    (HERE / "compare-matrix.md").write_text(matrix_markdown(doc) + note, encoding="utf-8")
 
 
 if __name__ == "__main__":

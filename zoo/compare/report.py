@@ -15,7 +15,8 @@ import torch
 
 from zoo.compare.runner import FLOOR, SCHEMA, Tier
 
-__all__ = ["document", "table", "markdown", "draw", "validate_document", "load", "variant_section"]
+__all__ = ["document", "table", "markdown", "draw", "validate_document", "load", "variant_section",
+           "matrix_markdown"]
 
 ROW_KEYS = ("variant", "task", "metric", "value", "higher_is_better", "params", "seconds")
 
@@ -28,7 +29,8 @@ def document(rows: list[dict], tier: Tier, *, seed: int, device: str, tasks: Seq
         "tier": {"name": tier.name, "steps": tier.steps, "batch": tier.batch, "lrs": list(tier.lrs),
                  "seeds": list(range(seed, seed + tier.seeds)), "eval_size": tier.eval_size},
         "machine": {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+                    "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None},
         "tasks": {t.name: {"summary": t.summary, "metric": t.metric, "higher_is_better": bool(t.higher_is_better),
                            "chance": t.chance} for t in tasks},
         "results": rows,
@@ -91,6 +93,20 @@ def table(doc: dict) -> str:
     return "\n".join(out)
 
 
+def matrix_markdown(doc: dict) -> str:
+    """The task x variant matrix alone, as a Markdown table (mean ± spread over seeds)."""
+    tasks, variants, cells = _grid(doc)
+    lines = ["| task | metric | chance | " + " | ".join(variants) + " |", "|---|---|---|" + "---|" * len(variants)]
+    for t in tasks:
+        r0 = next(cells[(t, v)] for v in variants if (t, v) in cells)
+        chance = r0.get("chance")
+        arrow = "higher is better" if r0["higher_is_better"] else "lower is better"
+        vals = [_fmt(cells[(t, v)]) if (t, v) in cells else "n/a" for v in variants]
+        lines.append(f"| {t} | {r0['metric']} ({arrow}) | {'-' if chance is None else f'{chance:.3f}'} | "
+                     + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
 def markdown(doc: dict, picture: str | None = None) -> str:
     """A Markdown page for the document: the matrix, parameters, times and null reasons."""
     tasks, variants, cells = _grid(doc)
@@ -101,14 +117,7 @@ def markdown(doc: dict, picture: str | None = None) -> str:
              f"{mach.get('torch', '?')}, {mach.get('threads', '?')} threads; created {doc.get('created', '?')}.", ""]
     if picture:
         lines += [f"![task x variant matrix]({picture})", ""]
-    lines += ["| task | metric | chance | " + " | ".join(variants) + " |",
-              "|---|---|---|" + "---|" * len(variants)]
-    for t in tasks:
-        r0 = next(cells[(t, v)] for v in variants if (t, v) in cells)
-        chance = r0.get("chance")
-        arrow = "higher is better" if r0["higher_is_better"] else "lower is better"
-        vals = [_fmt(cells[(t, v)]) if (t, v) in cells else "-" for v in variants]
-        lines.append(f"| {t} | {r0['metric']} ({arrow}) | {'-' if chance is None else f'{chance:.3f}'} | " + " | ".join(vals) + " |")
+    lines += [matrix_markdown(doc)]
     lines += ["", "Trainable parameters (whole model) and wall time of one training run:", "",
               "| task | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
     for t in tasks:
