@@ -114,7 +114,10 @@ def markdown(doc: dict, picture: str | None = None) -> str:
     lines = [f"Tier `{tier['name']}`: {tier['steps']} steps of batch {tier['batch']}, learning rates "
              f"{tier['lrs']} (best on a validation batch), seeds {tier['seeds']}; value = mean on a test "
              f"batch ± standard deviation over seeds. Machine: {mach.get('device', '?')}, torch "
-             f"{mach.get('torch', '?')}, {mach.get('threads', '?')} threads; created {doc.get('created', '?')}.", ""]
+             f"{mach.get('torch', '?')}, {mach.get('threads', '?')} threads"
+             + (f", load average {mach['loadavg'][0]:.1f} on {mach.get('cpus')} CPUs at the end (a shared "
+                "machine: times are indicative)" if mach.get("loadavg") else "")
+             + f"; created {doc.get('created', '?')}.", ""]
     if picture:
         lines += [f"![task x variant matrix]({picture})", ""]
     lines += [matrix_markdown(doc)]
