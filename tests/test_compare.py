@@ -225,3 +225,20 @@ def test_variant_section_for_the_catalog(compare_registry, tmp_path):
     cross = variant_section(loaded, "cross")
     assert "| recall | accuracy ↑ |" in cross and f"{doc['results'][1]['value']:.3f}" in cross
     assert "n/a: selfdoc cannot take" in variant_section(loaded, "selfdoc")
+
+
+class _BrokenTask(_Copy):
+    name = "cannot-build"
+
+    def build(self, seed, *, quick):
+        raise RuntimeError("no data today")
+
+
+def test_a_task_that_cannot_be_built_gives_null_rows_and_exit_1(compare_registry, capsys):
+    zc.register_task(_BrokenTask())
+    assert main(["compare", "cross", "--quick", "--task", "cannot-build", "--task", "global", "--json", "-"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    validate_document(doc)
+    broken = [r for r in doc["results"] if r["task"] == "cannot-build"]
+    assert [r["variant"] for r in broken] == ["none", "cross"] and all("no data today" in r["reason"] for r in broken)
+    assert all(r["value"] is not None for r in doc["results"] if r["task"] == "global")

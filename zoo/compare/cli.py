@@ -86,4 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as fh:
             fh.write(markdown(doc))
+    broken = sorted({r["task"] for r in doc["results"] if r.get("task_error")})
+    if broken:
+        print(f"zoo compare: these tasks could not be built: {', '.join(broken)} (see the reasons)", file=sys.stderr)
+        return 1
     return 0

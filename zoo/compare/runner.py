@@ -145,7 +145,15 @@ def compare_rows(specs: Sequence[Any], tasks: Sequence[Task], tier: Tier, *, see
     total = len(tasks) * (len(specs) + 1)
     rows: list[dict] = []
     for task in tasks:
-        problems = [(s, task.build(s, quick=tier.name == "quick")) for s in range(seed, seed + tier.seeds)]
+        try:
+            problems = [(s, task.build(s, quick=tier.name == "quick")) for s in range(seed, seed + tier.seeds)]
+        except Exception as exc:  # noqa: BLE001 - one broken task must not take the others down
+            why = f"the {task.name} task could not be built: {type(exc).__name__}: {exc}"
+            for spec in (None, *specs):
+                rows.append({"variant": FLOOR if spec is None else spec.name, "task": task.name,
+                             "metric": task.metric, "value": None, "higher_is_better": bool(task.higher_is_better),
+                             "params": None, "seconds": None, "reason": why, "task_error": True})
+            continue
         for spec in (None, *specs):
             done = len(rows)
             note = (lambda msg, _d=done: progress(_d, total, msg)) if progress else None
