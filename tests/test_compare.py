@@ -105,8 +105,10 @@ def test_json_alone_on_stdout_with_null_rows_and_floor(compare_registry, capsys)
     assert "recall" in err and "n/a" in err  # the table went to stderr
 
 
-def test_unknown_names_exit_2(compare_registry, capsys):
+def test_unknown_names_and_bad_options_exit_2(compare_registry, capsys, tmp_path):
     assert main(["compare", "no-such-variant", "--quick"]) == 2
+    assert main(["compare", "cross", "--quick", "--json", str(tmp_path / "no" / "such" / "dir.json")]) == 2
+    assert main(["compare", "cross", "--quick", "--device", "nonsense"]) == 2
     assert main(["compare", "cross", "--task", "no-such-task", "--quick"]) == 2
     assert "known tasks: recall" in capsys.readouterr().err
 

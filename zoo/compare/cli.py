@@ -50,10 +50,16 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.cli import format_table
+    from zoo.cli import format_table, json_stdout, usage_device, usage_output_path
     from zoo.compare import compare, get_task, list_tasks, task_problems
     from zoo.compare.report import draw, markdown, table
     from zoo.registry import default_registry
+
+    problem = (usage_output_path("--json", args.json) or usage_output_path("--png", args.png)
+               or usage_output_path("--markdown", args.markdown) or usage_device("--device", args.device))
+    if problem:
+        print(f"zoo compare: {problem}", file=sys.stderr)
+        return 2
 
     for problem in task_problems():
         print(f"zoo compare: a task was refused: {problem}", file=sys.stderr)
@@ -75,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr, enabled=not args.quiet)
     doc = compare(names, tasks, quick=args.quick, seed=args.seed, device=args.device, progress=progress)
     text = json.dumps(doc, indent=2)
-    if to_stdout:
-        sys.stdout.write(text + "\n")
+    if to_stdout:  # the real stdout: anything printed during the run went to stderr
+        stream = json_stdout()
+        stream.write(text + "\n")
+        stream.flush()
     elif args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
