@@ -5,7 +5,7 @@ tasks come from plugins through the hook :func:`zoo.hookspecs.zoo_register_tasks
 (:mod:`zoo.compare.registry`). Python use::
 
     from zoo.compare import compare
-    doc = compare(["cross", "film"], tasks=["recall"], quick=True)   # {"schema": "zoo-compare/1", ...}
+    doc = compare(zoo.list_variants(), tasks=["recall"], quick=True)   # {"schema": "zoo-compare/1", ...}
 """
 
 from __future__ import annotations
