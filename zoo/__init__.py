@@ -1,10 +1,12 @@
 """attention-zoo: attention variants as interchangeable, checked parts.
 
-Pick a layer by name, validate its config, check it against its oracle::
+Pick a layer by name, validate its config, check it against its oracle:
 
-    import zoo
-    layer = zoo.create("cross", query_dim=320, context_dim=768, heads=8, dim_head=40)
-    report = zoo.check("cross")
+```python
+import zoo
+layer = zoo.create("cross", query_dim=320, context_dim=768, heads=8, dim_head=40)
+report = zoo.check("cross")
+```
 """
 
 from __future__ import annotations

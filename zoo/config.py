@@ -181,13 +181,20 @@ class _AnyVariant:
 
 
 AttentionConfig = Annotated[VariantConfig, _AnyVariant]
-"""A pydantic field type accepting the config of any registered variant::
+"""A pydantic field type accepting the config of any registered variant.
+
+Examples:
+    ```python
+    import pydantic
+    import zoo
 
     class ModelConfig(pydantic.BaseModel):
         width: int
         attention: zoo.AttentionConfig
 
-    ModelConfig(width=320, attention={"variant": "cross", "query_dim": 320})
+    cfg = ModelConfig(width=320, attention={"variant": "cross", "query_dim": 320})
+    layer = zoo.create(cfg.attention)
+    ```
 """
 
 
