@@ -106,19 +106,41 @@ _MATH = re.compile(
 )
 
 
+_SPACE = re.compile(r"\\q?quad(?![A-Za-z])")
+_GROUP = re.compile(r"\\left(?![A-Za-z])|\\right(?![A-Za-z])|(?<!\\)[{}]")
+
+
+def split_display(tex: str) -> list[str]:
+    """A display formula cut at its top-level ``\\quad``/``\\qquad`` (outside braces and
+    ``\\left...\\right``): MathML never line-breaks, so each part becomes its own
+    ``<math>`` and a narrow column wraps between them instead of hiding the rest."""
+    parts, start, depth = [], 0, 0
+    events = sorted([(m.start(), m.end(), m.group()) for m in _GROUP.finditer(tex)]
+                    + [(m.start(), m.end(), None) for m in _SPACE.finditer(tex)], key=lambda e: e[0])
+    for begin, end, token in events:
+        if token is None:
+            if depth == 0:
+                parts.append(tex[start:begin])
+                start = end
+        else:
+            depth += 1 if token in ("{", "\\left") else -1
+    parts.append(tex[start:])
+    return [p.strip().rstrip("\\").strip() for p in parts if p.strip().rstrip("\\").strip()]
+
+
 def _to_mathml(match: re.Match, page) -> str:
     from latex2mathml.converter import convert
 
     block = match.group("block") is not None
     tex = html.unescape(match.group("block") if block else match.group("inline")).strip()
     try:
-        mathml = convert(tex, display="block" if block else "inline")
+        if not block:
+            return convert(tex, display="inline")
+        mathml = "".join(convert(part, display="block") for part in split_display(tex))
     except Exception as exc:  # noqa: BLE001 - report and keep the source visible
         log.warning("%s: cannot convert LaTeX to MathML (%s): %s", page.file.src_uri, exc, tex)
         return match.group(0)
-    if block:
-        return f'<div class="zoo-math" title="{html.escape(tex)}">{mathml}</div>'
-    return mathml
+    return f'<div class="zoo-math" title="{html.escape(tex)}">{mathml}</div>'
 
 
 # Sphinx roles in docstrings (":class:`X`") arrive as ":class:<code>X</code>": keep the code.

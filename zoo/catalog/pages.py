@@ -104,7 +104,7 @@ def index_markdown(specs: Sequence[VariantSpec], harness: Mapping[str, HarnessSu
         ))
     third = [s for s in specs if s.distribution and s.distribution != "attention-zoo"]
     parts = [
-        "---", "hide:", "  - navigation", "---", "",  # the table needs the width
+        "---", "hide:", "  - toc", "---", "",  # the table needs the width; the site navigation stays
         "# Variant catalog",
         "",
         "Every attention variant registered in the environment that built these docs, generated "
