@@ -300,8 +300,10 @@ def browser():
 
 def _open(browser: Browser, path: Path) -> None:
     browser.events.clear()
-    browser.page("Page.navigate", url=path.as_uri())
-    assert browser.wait_for("document.readyState === 'complete'"), f"{path} did not load"
+    url = path.as_uri()
+    browser.page("Page.navigate", url=url)
+    loaded = f"location.href === {json.dumps(url)} && document.readyState === 'complete'"
+    assert browser.wait_for(loaded), f"{path} did not load"
 
 
 @pytest.mark.slow
