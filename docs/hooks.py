@@ -12,8 +12,13 @@
   which also gives the catalog's pictures their inputs).
 - ``on_page_content``: turns the LaTeX that ``pymdownx.arithmatex`` marks into
   MathML (``latex2mathml``), which browsers render natively: no JavaScript, no
-  fonts, no network when the site is viewed; and drops the Sphinx roles
-  (``:class:``) that some docstrings carry.
+  fonts, no network when the site is viewed (a display formula is cut at its
+  top-level ``\\quad`` so that a narrow column wraps it: :func:`split_display`); and
+  drops the Sphinx roles (``:class:``) that some docstrings carry.
+
+Search from ``file://`` needs nothing here: mkdocs.yml turns on the theme's ``offline``
+plugin and lists the vendored iframe-worker shim as a polyfill, so no page loads the
+shim from a CDN (tests/test_docs_offline.py checks every built page).
 """
 
 from __future__ import annotations
