@@ -51,6 +51,8 @@ def test_every_extra_the_docs_name_exists():
     named = {extra for line in _commands(texts) if line.startswith("pip install")
              for arg in shlex.split(line) for group in re.findall(r"\[([^\]]+)\]", arg)
              for extra in group.split(",")}
+    from_pypi = [line for line in _commands(texts) if line.startswith("pip install") and "attention-zoo" in line]
+    assert not from_pypi, f"attention-zoo is not on PyPI: install from the clone ('.[extra]'): {from_pypi}"
     assert {"retro", "diffusers", "transformers", "docs", "dev"} <= named, named
     assert named <= extras, f"the docs install extras pyproject.toml lacks: {sorted(named - extras)}"
 
