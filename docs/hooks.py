@@ -80,6 +80,7 @@ def on_config(config):
     _CATALOG.update(build_catalog([zoo.get_variant(n) for n in names], run_harness=not quick,
                                   harness=_harness_done(),
                                   bench_path=root / "benchmarks" / "results" / "cpu.json", log=log,
+                                  compare_path=root / "benchmarks" / "results" / "compare-full.json",
                                   example=_worked_example().picture_example()))
     log.info("zoo catalog: %d variants in %.1f s", len(names), time.perf_counter() - start)
     section = [{"Overview": f"{CATALOG_DIR}/index.md"}] + [{n: page_path(n)} for n in names]

@@ -268,3 +268,25 @@ def test_harness_results_can_be_reused(harness_summaries):
     for summary in harness_summaries.values():
         again = catalog.HarnessSummary.from_dict(json.loads(json.dumps(summary.to_dict())))
         assert again == summary and again.short == summary.short
+
+
+def test_page_shows_what_the_variant_learned(tmp_path):
+    """The page quotes the variant's own `zoo compare` rows next to the floor, from the JSON given;
+    without a row it says the variant was not measured."""
+    import json
+
+    spec = zoo.get_variant("film")
+    doc = json.loads((Path(__file__).parents[1] / "benchmarks/results/compare-full.json").read_text())
+    doc["results"] = [r for r in doc["results"] if r["task"] == "global" and r["variant"] in ("film", "none")]
+    for r in doc["results"]:
+        r["value"] = {"film": 0.123456, "none": 0.000321}[r["variant"]]
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps(doc))
+    page = catalog.build_catalog([spec], run_harness=False, pictures=False, compare_path=path)[catalog.page_path("film")]
+    learned = page.split("## What it learns", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in learned.splitlines() if line.startswith("| global"))
+    assert "0.123" in row and "0.000" in row, row
+    doc["results"] = [r for r in doc["results"] if r["variant"] == "none"]
+    path.write_text(json.dumps(doc))
+    page = catalog.build_catalog([spec], run_harness=False, pictures=False, compare_path=path)[catalog.page_path("film")]
+    assert "has no row for `film`" in page.split("## What it learns", 1)[1]

@@ -131,9 +131,10 @@ def index_markdown(specs: Sequence[VariantSpec], harness: Mapping[str, HarnessSu
 
 def variant_markdown(spec: VariantSpec, harness: HarnessSummary | None = None, speed: str | None = None,
                      image: str | None = None, pattern: Pattern | None = None,
-                     bench: str | None = None) -> str:
+                     bench: str | None = None, learned: str | None = None) -> str:
     """One variant's page: summary, paper, equation, shapes, config table, runnable
-    example, harness result and (when ``image`` is given) its attention pattern."""
+    example, harness result, speed, what it learned on the ``zoo compare`` tasks
+    (``learned``: a Markdown table) and (when ``image`` is given) its attention pattern."""
     layer_path = f"{spec.module.__module__}.{spec.module.__qualname__}"
     label = _baseline_label(spec)
     facts = [
@@ -202,6 +203,14 @@ def variant_markdown(spec: VariantSpec, harness: HarnessSummary | None = None, s
     else:
         out += [f"{NOT_MEASURED.capitalize()}: `benchmarks/results/cpu.json` has no entry for "
                 f"`{spec.name}` (run `zoo bench`).", ""]
+    out += ["## What it learns", ""]
+    if learned:
+        out += ["Measured by `zoo compare` (`benchmarks/results/compare-full.json`): the same tiny model "
+                "and budget for every variant, next to the floor (the model without its conditioning "
+                "layer). Method: the guide *Comparing what variants learn*.", "", learned, ""]
+    else:
+        out += [f"{NOT_MEASURED.capitalize()}: `benchmarks/results/compare-full.json` has no row for "
+                f"`{spec.name}` (run `zoo compare {spec.name}`).", ""]
     out += ["## Attention pattern", ""]
     if image:
         caption = pattern.caption if pattern else ""
@@ -219,7 +228,8 @@ def _baseline_label(spec: VariantSpec) -> str:
 def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bool = True,
                   bench_path: str | Path | None = None, pictures: bool = True,
                   log: Any = None, example: PictureExample | None = None,
-                  harness: Mapping[str, HarnessSummary] | None = None) -> dict[str, str | bytes]:
+                  harness: Mapping[str, HarnessSummary] | None = None,
+                  compare_path: str | Path | None = None) -> dict[str, str | bytes]:
     """Every catalog file, keyed by its path in the docs (``catalog/index.md``,
     ``catalog/<name>.md``, ``catalog/<name>-pattern.png``).
 
@@ -233,6 +243,8 @@ def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bo
         example: hand-made inputs to draw the pictures on where a variant accepts them
             (the docs pass their worked example); otherwise each variant's ``make_inputs``.
         harness: summaries already computed (by name); the harness runs only for the others.
+        compare_path: the ``zoo compare`` results JSON (default:
+            ``benchmarks/results/compare-full.json`` if it exists in the working directory).
     """
     import zoo
 
@@ -241,6 +253,10 @@ def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bo
     if bench_path is None:
         bench_path = Path("benchmarks/results/cpu.json")
     speeds = bench_ratios(bench_path)
+    from zoo.compare.report import load as load_compare
+    from zoo.compare.report import variant_section
+
+    learned = load_compare(compare_path or Path("benchmarks/results/compare-full.json"))
     done = dict(harness or {})
     harness = {s.name: done.get(s.name) or harness_summary(s) for s in specs} if run_harness else {}
     files: dict[str, str | bytes] = {f"{CATALOG_DIR}/index.md": index_markdown(specs, harness, speeds)}
@@ -257,5 +273,5 @@ def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bo
                 files[f"{CATALOG_DIR}/{image}"] = data
         files[page_path(spec.name)] = variant_markdown(
             spec, harness.get(spec.name) if run_harness else None, speeds.get(spec.name), image, pattern,
-            bench_table(bench_path, spec.name, _baseline_label(spec)))
+            bench_table(bench_path, spec.name, _baseline_label(spec)), variant_section(learned, spec.name))
     return files
