@@ -339,7 +339,7 @@ SPEC = zoo.VariantSpec(
     equation=(r"\mathrm{CCA}(x,E)_p = \mathrm{softmax}\left(\frac{(x_pW_q)(E_uW_k)^\top}{\sqrt{d}}\right)"
               r"(E_uW_v)\,W_o,\quad u=\left\lfloor\frac{p-m+1}{m}\right\rfloor,\ p\ge m-1;\ 0 \text{ otherwise}"),
     complexity="O(N·K·R·h·d) time, O((N+L·K·R)·h·d) memory",
-    context_shape="(B, L, K, R, Dc), L = N // chunk_size",
+    context_shape="(B, L, K, R, Dc): L = N // chunk_size chunks of x, K neighbours retrieved per chunk, R tokens per neighbour; in RETRO a neighbour is a chunk and its continuation, R = 2 * chunk_size",
 )
 
 
