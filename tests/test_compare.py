@@ -187,6 +187,21 @@ def test_a_third_party_task_registers_through_the_hook(compare_registry):
     assert doc["results"][1]["layer_params"] == sum(p.numel() for p in zoo.create("cross", query_dim=8, heads=2, dim_head=4).parameters())
 
 
+class RaisingTasks:
+    @zoo.hookimpl
+    def zoo_register_tasks(self, register):
+        raise RuntimeError("this plugin is broken")
+
+
+def test_a_raising_task_plugin_hides_no_other_plugins_tasks(compare_registry):
+    """Hooks are called plugin by plugin: the broken one is reported, the others' tasks stay."""
+    compare_registry.load_plugin(ThirdPartyTasks(), name="third-party")
+    compare_registry.load_plugin(RaisingTasks(), name="raising")  # pluggy would call it first
+    assert "copy-third-party" in zc.list_tasks() and set(BUILTIN) <= set(zc.list_tasks())
+    info = {p.name: p for p in compare_registry.plugins()}["raising"]
+    assert any("this plugin is broken" in p for p in info.problems), info.problems
+
+
 def test_register_task_refuses_bad_tasks(compare_registry):
     with pytest.raises(ValueError, match="task instance"):
         zc.register_task(_Copy)

@@ -374,24 +374,29 @@ class Registry:
         self._ensure_loaded()
         return sorted(self._plugins.values(), key=lambda p: p.name)
 
-    def call_commands_hook(self, subparsers: Any) -> None:
-        """Let each plugin add CLI sub-commands (through pluggy, one plugin at a time, in
-        pluggy's order: tryfirst/trylast respected); a failing plugin is reported, not fatal."""
+    def call_each(self, hook: str, **kwargs: Any) -> None:
+        """Call ``hook`` plugin by plugin through pluggy (in pluggy's order: tryfirst and
+        trylast respected), so that a plugin whose implementation raises is reported in
+        ``zoo plugins`` and the other plugins still run (strict mode: a ``PluginError``)."""
         self._ensure_loaded()
-        impls = self.pm.hook.zoo_register_commands.get_hookimpls()
+        impls = getattr(self.pm.hook, hook).get_hookimpls()
         order = list(dict.fromkeys(i.plugin_name for i in reversed(impls)))  # pluggy calls last-registered first
         for name in order:
             obj = self.pm.get_plugin(name)
             try:
-                self._subset_caller("zoo_register_commands", obj)(subparsers=subparsers)
+                self._subset_caller(hook, obj)(**kwargs)
             except BaseException as exc:  # noqa: BLE001
                 if not _contained(exc):
                     raise
                 info = self._plugins.get(name)
                 if info is not None:
-                    info.problems.append(f"zoo_register_commands raised {type(exc).__name__}: {exc}")
+                    info.problems.append(f"{hook} raised {type(exc).__name__}: {exc}")
                 if self.strict:
                     raise PluginError(f"plugin {name}: {type(exc).__name__}: {exc}") from exc
+
+    def call_commands_hook(self, subparsers: Any) -> None:
+        """Let each plugin add CLI sub-commands (:meth:`call_each`)."""
+        self.call_each("zoo_register_commands", subparsers=subparsers)
 
     def adapters(self) -> list[Any]:
         """The :class:`zoo.SwapAdapter` objects plugins register (hook
@@ -411,14 +416,14 @@ class Registry:
                         raise RegistrationError(f"an adapter named {name!r} is already registered")
                     found.append(adapter)
 
-                self.pm.hook.zoo_register_adapters(register=_register)
+                self.call_each("zoo_register_adapters", register=_register)
                 self._adapters = found
             return list(self._adapters)
 
     def call_tasks_hook(self, register: Any) -> None:
-        """Let each plugin register ``zoo compare`` tasks through ``register(task)``."""
-        self._ensure_loaded()
-        self.pm.hook.zoo_register_tasks(register=register)
+        """Let each plugin register ``zoo compare`` tasks through ``register(task)``
+        (:meth:`call_each`: one failing plugin never hides the others' tasks)."""
+        self.call_each("zoo_register_tasks", register=register)
 
 
 _default: Registry | None = None
