@@ -35,13 +35,16 @@ def expect(condition: Any, message: str) -> None:
 
     Use it instead of ``assert`` in :class:`zoo.Law` functions: ``python -O`` strips
     asserts, so a broken law written with them would pass. A NaN comparison is false,
-    so ``expect(err < 1e-10, ...)`` fails on a NaN error too::
+    so ``expect(err < 1e-10, ...)`` fails on a NaN error too.
 
+    Examples:
+        ```python
         from zoo.testing import expect
 
         def my_law(spec, fields, generator):
             err = ...
             expect(err < 1e-10, f"differs from the written-out formula by {err:.2e}")
+        ```
 
     Raises:
         LawFailed: ``condition`` is false (an ``AssertionError``, which the harness

@@ -2,10 +2,12 @@
 
 Every variant is trained on every task under one budget (:mod:`zoo.compare.runner`);
 tasks come from plugins through the hook :func:`zoo.hookspecs.zoo_register_tasks`
-(:mod:`zoo.compare.registry`). Python use::
+(:mod:`zoo.compare.registry`). Python use:
 
-    from zoo.compare import compare
-    doc = compare(zoo.list_variants(), tasks=["recall"], quick=True)   # {"schema": "zoo-compare/1", ...}
+```python
+from zoo.compare import compare
+doc = compare(zoo.list_variants(), tasks=["recall"], quick=True)   # {"schema": "zoo-compare/1", ...}
+```
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def _grid(doc: dict) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]
 
 def table(doc: dict) -> str:
     """Tasks as rows, variants as columns (mean ± spread over seeds), then the null reasons."""
-    from zoo.cli import format_table
+    from zoo.text import format_table
 
     tasks, variants, cells = _grid(doc)
     headers = ["task", "metric", *variants]

@@ -8,17 +8,19 @@ layer in a :class:`Conditioning` (or passes ``None`` for the floor, ``"variant":
 trains ``problem.model(cond)`` with the same steps, batch and learning-rate grid for every
 variant, and reports ``problem.score`` on a held-out batch.
 
-Example, a complete third-party task::
+Example, a complete third-party task:
 
-    class Copy(zoo.compare.Task):
-        name, summary, metric = "copy", "output the context token at x's position", "accuracy"
+```python
+class Copy(zoo.compare.Task):
+    name, summary, metric = "copy", "output the context token at x's position", "accuracy"
 
-        def build(self, seed, *, quick):
-            return CopyProblem(seed)      # a zoo.compare.Problem
+    def build(self, seed, *, quick):
+        return CopyProblem(seed)      # a zoo.compare.Problem
 
-    @zoo.hookimpl
-    def zoo_register_tasks(register):
-        register(Copy())
+@zoo.hookimpl
+def zoo_register_tasks(register):
+    register(Copy())
+```
 """
 
 from __future__ import annotations
