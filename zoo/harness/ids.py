@@ -43,8 +43,7 @@ CHECK_TABLE: tuple[CheckInfo, ...] = (
     CheckInfo("bad-input", "input", "bad input raises ValueError"),
     # Opt-in until the built-ins' fused path passes it (issue 16: cross, persistent, retro and
     # selfdoc turn NaN in x or the context into a finite output without a mask); flip to default then.
-    CheckInfo("nonfinite-input", "nan", "NaN/inf in an input gives NaN out (or a ValueError), with and without a mask",
-              default=False),
+    CheckInfo("nonfinite-input", "nan", "NaN/inf in an input gives NaN out (or a ValueError), with and without a mask"),
     CheckInfo("compile", "compile", "torch.compile gives the eager output and gradients", slow=True),
     CheckInfo("ddp", "ddp", "a 2-process DistributedDataParallel step equals single-process training", slow=True),
 )
