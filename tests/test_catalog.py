@@ -290,3 +290,14 @@ def test_page_shows_what_the_variant_learned(tmp_path):
     path.write_text(json.dumps(doc))
     page = catalog.build_catalog([spec], run_harness=False, pictures=False, compare_path=path)[catalog.page_path("film")]
     assert "has no row for `film`" in page.split("## What it learns", 1)[1]
+
+
+def test_pages_show_inferred_capabilities_for_a_variant_that_declares_nothing():
+    """A stranger declares no capabilities: the page shows what the harness observes
+    (film has no dropout field and needs a context), not plain attention's defaults."""
+    from zoo.catalog.pages import _capabilities
+
+    spec = zoo.get_variant("film").replace(name="film-undeclared", capabilities=zoo.Capabilities())
+    shown = _capabilities(spec)
+    assert not any("dropout" in c for c in shown), shown
+    assert not any("self" in c for c in shown), shown

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from zoo.harness.capabilities import resolve_capabilities
 from zoo.catalog.pictures import Pattern, PictureExample, render_pattern
 from zoo.catalog.results import HarnessSummary, bench_ratios, bench_table, harness_summary
 from zoo.catalog.text import CATALOG_DIR, NOT_MEASURED, cell, code, config_table, image_name, page_path, shape_md, table
@@ -31,7 +32,7 @@ _CAP_SHORT = {"self_attention": "self", "masks": "masks", "dropout": "dropout", 
 
 
 def _capabilities(spec: VariantSpec, short: bool = False) -> list[str]:
-    caps = spec.capabilities.as_dict()
+    caps = resolve_capabilities(spec).as_dict()
     labels = _CAP_SHORT if short else _CAP_LABELS
     out = [] if caps.get("attention", True) else ["no attention matrix"]
     return out + [labels[k] for k, v in caps.items() if k in labels and v is True]
@@ -159,9 +160,9 @@ def variant_markdown(spec: VariantSpec, harness: HarnessSummary | None = None, s
         "## Shapes", "",
         table(("argument", "shape"), [
             ("`x`", "`(B, N, query_dim)`"),
-            ("`context`", shape_md(spec.context_shape, none_ok=spec.capabilities.self_attention)),
+            ("`context`", shape_md(spec.context_shape, none_ok=resolve_capabilities(spec).self_attention)),
             ("`context_mask`", "bool `context.shape[:-1]`, True = may be attended"
-             if spec.capabilities.masks else "not accepted"),
+             if resolve_capabilities(spec).masks else "not accepted"),
             ("output", "`(B, N, query_dim)`, the dtype and device of `x`"),
         ]), "",
         "B is the batch size, N the number of queries (tokens of `x`), M the number of context "

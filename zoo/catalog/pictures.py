@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zoo.harness.capabilities import resolve_capabilities
 from zoo.spec import VariantSpec
 
 __all__ = ["Pattern", "PictureExample", "attention_pattern", "render_pattern"]
@@ -69,7 +70,7 @@ def _build_for_picture(spec: VariantSpec, example: PictureExample | None
         overrides = {k: v for k, v in example.config.items() if k in fields}
         if "dropout" in fields:
             overrides["dropout"] = 0.0
-        aligned = spec.capabilities.equal_lengths
+        aligned = resolve_capabilities(spec).equal_lengths
         torch.manual_seed(0)
         try:
             layer = zoo.create(spec, **overrides).double().eval()
@@ -209,7 +210,7 @@ def attention_pattern(spec: VariantSpec, example: PictureExample | None = None) 
     layer, inputs, rows, cols, source = _build_for_picture(spec, example)
     x, ctx = inputs["x"], inputs.get("context")
     n = x.shape[1]
-    calls = _capture_sdpa(layer, inputs) if spec.capabilities.attention else []
+    calls = _capture_sdpa(layer, inputs) if resolve_capabilities(spec).attention else []
     if len(calls) == 1 and calls[0][0].ndim == 4 and calls[0][0].shape[-2] == n and ctx is not None:
         q, k, mask, scale, causal = calls[0]
         probs = _probs(q, k, mask, scale, causal)[0].mean(0)  # (N, M')
@@ -235,7 +236,7 @@ def attention_pattern(spec: VariantSpec, example: PictureExample | None = None) 
     if ctx is None:
         raise RuntimeError(f"{spec.name!r}: no context to draw a pattern against")
     ctx = ctx.detach().clone()
-    if not spec.capabilities.attention:
+    if not resolve_capabilities(spec).attention:
         with torch.no_grad():
             delta = (layer(**inputs) - x)[0]  # (N, Dq)
         feats = ["R", "G", "B"] if delta.shape[-1] == 3 else [f"f{i}" for i in range(delta.shape[-1])]
@@ -257,7 +258,7 @@ def attention_pattern(spec: VariantSpec, example: PictureExample | None = None) 
     caption = (f"`{spec.name}` does not expose a single N x M attention matrix; shown instead is how "
                f"strongly each context token influences each output token, |dy_n/dc_m| normalised "
                f"per row, on {source}.")
-    if spec.capabilities.chunk_causal:
+    if resolve_capabilities(spec).chunk_causal:
         caption += " Zero cells show the chunk causality: no position sees the neighbours of a later chunk."
     lead = ctx.shape[1:-1]
     xlabel = ("context tokens (c)" if len(lead) == 1
