@@ -142,17 +142,21 @@ def attend(
     key_mask: Tensor | None = None,
     *,
     dropout_p: float = 0.0,
+    enable_gqa: bool = False,
 ) -> Tensor:
     """Scaled dot-product attention on the fused path, with zero for empty rows.
 
     Args:
         q: ``(..., h, N, d)``.
-        k: ``(..., h, M, d)``.
-        v: ``(..., h, M, d_v)``.
+        k: ``(..., h_kv, M, d)``; ``h_kv == h`` unless ``enable_gqa``.
+        v: ``(..., h_kv, M, d_v)``.
         key_mask: bool ``(..., M)`` where ``...`` are q's leading dims *before* the head
             axis (e.g. ``(B, M)`` for ``q (B, h, N, d)``); True = may be attended, shared
             by every head and query of that batch element; ``None`` attends to everything.
         dropout_p: attention dropout (pass 0.0 in eval).
+        enable_gqa: grouped-query attention: ``h_kv`` divides ``h`` and query head ``i``
+            reads key/value head ``i // (h // h_kv)``, without repeating K/V in memory
+            (SDPA's ``enable_gqa``).
 
     Returns:
         ``(..., h, N, d_v)``. Where ``key_mask`` leaves nothing to attend, the result
@@ -172,8 +176,9 @@ def attend(
     for name, t in (("k", k), ("v", v), ("key_mask", key_mask)):
         if t is not None:
             _same_device(name, t, q, "the queries")
+    gqa = {"enable_gqa": True} if enable_gqa else {}  # the keyword exists from torch 2.5
     if key_mask is None:
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, **gqa)
         return _propagate_nonfinite(out, q, k, v)
     empty = ~key_mask.any(dim=-1)  # (...,)
     # Eagerly, skip the fix-up when no row is empty (the usual case: one cheap sync).
@@ -182,7 +187,7 @@ def attend(
     if any_empty:
         key_mask = key_mask | empty.unsqueeze(-1)
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=key_mask[..., None, None, :], dropout_p=dropout_p
+        q, k, v, attn_mask=key_mask[..., None, None, :], dropout_p=dropout_p, **gqa
     )
     if any_empty:
         out = out.masked_fill(empty[..., None, None, None], 0.0)

@@ -1,0 +1,187 @@
+"""``gqa``: grouped-query (and multi-query) cross-attention.
+
+Shazeer, "Fast Transformer Decoding: One Write-Head is All You Need", 2019,
+arXiv:1911.02150 (multi-query); Ainslie et al., "GQA: Training Generalized
+Multi-Query Transformer Models from Multi-Head Checkpoints", 2023, arXiv:2305.13245.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+import zoo
+from zoo.nn import MultiHeadBase, MultiHeadFields, attend, split_heads
+from zoo.oracle import heads_merge, heads_view, linear, naive_attention
+
+
+def _validate_kv_heads(heads: int, kv_heads: int) -> None:
+    if kv_heads < 1 or heads % kv_heads:
+        divisors = [k for k in range(1, heads + 1) if heads % k == 0]
+        raise ValueError(
+            f"kv_heads={kv_heads} must divide heads={heads} (each key/value head serves "
+            f"heads // kv_heads query heads); choose kv_heads from {divisors}"
+        )
+
+
+class GQAConfig(MultiHeadFields):
+    """Config of :class:`GroupedQueryAttention`."""
+
+    variant: Literal["gqa"] = "gqa"
+    kv_heads: int = Field(
+        1, gt=0,
+        description="Number of key/value heads; divides heads. 1 = multi-query, heads = standard cross.",
+    )
+
+    @model_validator(mode="after")
+    def _kv_heads_divide_heads(self) -> GQAConfig:
+        _validate_kv_heads(self.heads, self.kv_heads)
+        return self
+
+
+class GroupedQueryAttention(MultiHeadBase):
+    r"""Cross-attention whose ``heads`` query heads share ``kv_heads`` key/value heads.
+
+    .. math:: O_i = \operatorname{softmax}\!\big(d^{-1/2} Q_i K_{g(i)}^\top\big) V_{g(i)},
+        \qquad g(i) = \lfloor i / (h / h_{kv}) \rfloor
+
+    Query head ``i`` reads key/value head ``i // (heads // kv_heads)`` (contiguous groups,
+    as transformers' ``repeat_kv`` and SDPA's ``enable_gqa``). The fused path passes the
+    ``kv_heads`` keys and values to ``scaled_dot_product_attention(enable_gqa=True)``:
+    they are never repeated in memory. ``kv_heads == heads`` is ``cross``;
+    ``kv_heads == 1`` is multi-query attention.
+
+    Args:
+        query_dim, context_dim, heads, dim_head, bias, out_bias, dropout: as ``cross``.
+        kv_heads: number of key/value heads (h_kv); must divide ``heads``.
+
+    Shape:
+        - x: ``(B, N, Dq)``
+        - context: ``(B, M, Dc)``, or ``None`` for self-attention over ``x``
+        - context_mask: bool ``(B, M)``, True = may be attended
+        - output: ``(B, N, Dq)``
+
+        Parameters: ``to_q`` Linear(Dq, h*d); ``to_k``, ``to_v`` Linear(Dc, h_kv*d);
+        ``to_out.0`` Linear(h*d, Dq).
+    """
+
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
+                 bias: bool = False, out_bias: bool = True, dropout: float = 0.0, kv_heads: int = 1) -> None:
+        _validate_kv_heads(heads, kv_heads)
+        super().__init__(query_dim, context_dim, heads, dim_head, bias, out_bias, dropout, key_value=False)
+        self.kv_heads = kv_heads
+        self.to_k = nn.Linear(self.context_dim, kv_heads * dim_head, bias=bias)
+        self.to_v = nn.Linear(self.context_dim, kv_heads * dim_head, bias=bias)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
+        context = self.check_context(x, context, context_mask)
+        q = split_heads(self.to_q(x), self.heads)
+        k = split_heads(self.to_k(context), self.kv_heads)
+        v = split_heads(self.to_v(context), self.kv_heads)
+        gqa = self.kv_heads != self.heads
+        return self.project_out(attend(q, k, v, context_mask, enable_gqa=gqa))
+
+
+def reference(module: GroupedQueryAttention, x: Tensor, context: Tensor | None = None, *,
+              context_mask=None) -> Tensor:
+    """Naive oracle: the key/value heads written out per query head (an explicit index)."""
+    c = x if context is None else context
+    q = heads_view(linear(x, module.to_q), module.heads)
+    k = heads_view(linear(c, module.to_k), module.kv_heads)
+    v = heads_view(linear(c, module.to_v), module.kv_heads)
+    group = module.heads // module.kv_heads
+    index = torch.tensor([i // group for i in range(module.heads)])
+    k, v = k.index_select(-3, index), v.index_select(-3, index)
+    return linear(heads_merge(naive_attention(q, k, v, context_mask)), module.to_out[0])
+
+
+def _inputs(layer, generator):
+    x = torch.randn(3, 5, layer.query_dim, generator=generator, dtype=torch.float64)
+    c = torch.randn(3, 7, layer.context_dim, generator=generator, dtype=torch.float64)
+    mask = torch.rand(3, 7, generator=generator) > 0.4
+    mask[0] = False  # one fully masked row
+    mask[1:, 0] = True
+    return x, c, mask
+
+
+def _compare(layer, cross, generator, what):
+    x, c, mask = _inputs(layer, generator)
+    with torch.no_grad():
+        pairs = [("a context", layer(x, c), cross(x, c)),
+                 ("a context and mask", layer(x, c, context_mask=mask), cross(x, c, context_mask=mask))]
+        if layer.context_dim == layer.query_dim:
+            pairs.append(("context=None", layer(x), cross(x)))
+    for how, ours, theirs in pairs:
+        err = (ours - theirs).abs().max().item()
+        assert err < 1e-10, f"{what}: with {how} the output differs by {err:.2e}"
+
+
+def _law_all_kv_heads_is_cross(spec, fields, generator):
+    """kv_heads == heads: the layer is ``cross`` (the state dict loads strictly)."""
+    from attention_zoo_plugins.cross import CrossAttention
+
+    fields = {**fields, "dropout": 0.0}
+    fields["kv_heads"] = fields.get("heads", 8)
+    layer = zoo.create(spec, **fields).double().eval()
+    cross = CrossAttention(**{k: v for k, v in fields.items() if k != "kv_heads"}).double().eval()
+    cross.load_state_dict(layer.state_dict(), strict=True)
+    _compare(layer, cross, generator, "with kv_heads == heads it is not cross with the same weights")
+
+
+def _law_one_kv_head_is_multi_query(spec, fields, generator):
+    """kv_heads == 1: every query head reads the same K and V (cross with K/V copied to all heads)."""
+    from attention_zoo_plugins.cross import CrossAttention
+
+    fields = {**fields, "dropout": 0.0, "kv_heads": 1}
+    layer = zoo.create(spec, **fields).double().eval()
+    cross = CrossAttention(**{k: v for k, v in fields.items() if k != "kv_heads"}).double().eval()
+    state = dict(layer.state_dict())
+    for name in ("to_k", "to_v"):  # the one head's rows, repeated for every query head
+        state[f"{name}.weight"] = state[f"{name}.weight"].repeat(layer.heads, 1)
+        if f"{name}.bias" in state:
+            state[f"{name}.bias"] = state[f"{name}.bias"].repeat(layer.heads)
+    cross.load_state_dict(state, strict=True)
+    _compare(layer, cross, generator,
+             "with kv_heads=1 the query heads do not all read the same keys and values")
+
+
+SPEC = zoo.VariantSpec(
+    name="gqa",
+    aliases=("grouped-query", "multi-query", "mqa"),
+    module=GroupedQueryAttention,
+    config=GQAConfig,
+    summary="Grouped-query cross-attention: heads query heads share kv_heads key/value heads (1 = multi-query).",
+    paper=(
+        'Ainslie et al., "GQA: Training Generalized Multi-Query Transformer Models from Multi-Head '
+        'Checkpoints", 2023, arXiv:2305.13245; Shazeer, "Fast Transformer Decoding: One Write-Head '
+        'is All You Need", 2019, arXiv:1911.02150'
+    ),
+    examples=(
+        {"query_dim": 32, "context_dim": 24, "heads": 4, "dim_head": 8, "kv_heads": 2},
+        {"query_dim": 16, "heads": 4, "dim_head": 8, "bias": True, "dropout": 0.25, "kv_heads": 1},
+        {"query_dim": 16, "heads": 2, "dim_head": 8, "kv_heads": 2},
+    ),
+    reference=reference,
+    laws=(
+        zoo.Law("all-kv-heads-is-cross", "with kv_heads == heads it equals cross with the same weights",
+                _law_all_kv_heads_is_cross),
+        zoo.Law("one-kv-head-is-multi-query",
+                "with kv_heads=1 every query head reads the same keys and values (cross with the "
+                "one K/V head copied to every head)",
+                _law_one_kv_head_is_multi_query),
+    ),
+    equation=(
+        r"O_i = \mathrm{softmax}\left(\frac{(xW_q^{i})(cW_k^{g(i)})^\top}{\sqrt{d}}\right)(cW_v^{g(i)}),"
+        r"\quad g(i) = \left\lfloor \frac{i\,h_{kv}}{h} \right\rfloor"
+    ),
+    complexity="O(N·M·h·d) time; K/V: O(M·h_kv·d) memory (h/h_kv times less than cross)",
+    context_shape="(B, M, Dc), or None (self-attention)",
+)
+
+
+@zoo.hookimpl
+def zoo_register_variants(register):
+    register(SPEC)
