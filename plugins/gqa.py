@@ -137,6 +137,10 @@ def _law_one_kv_head_is_multi_query(spec, fields, generator):
 
     fields = {**fields, "dropout": 0.0, "kv_heads": 1}
     layer = zoo.create(spec, **fields).double().eval()
+    d = fields.get("dim_head", 64)
+    for name in ("to_k", "to_v"):
+        width = getattr(layer, name).weight.shape[0]
+        assert width == d, f"with kv_heads=1, {name} must have one head's width dim_head={d} outputs, has {width}"
     cross = CrossAttention(**{k: v for k, v in fields.items() if k != "kv_heads"}).double().eval()
     state = dict(layer.state_dict())
     for name in ("to_k", "to_v"):  # the one head's rows, repeated for every query head
