@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import zoo
@@ -114,6 +115,19 @@ def reference(module: CrossViTAttention, x: Tensor, context: Tensor, *, context_
     out[:, :1] = fused
     return out
 
+
+def bare(m: CrossViTAttention, x: Tensor, context: Tensor) -> Tensor:
+    """The bench's bare twin: the CLS projection, one SDPA call with one query, projection back."""
+    b, n, dq = x.shape
+    cls = F.linear(x[:, :1], m.proj.weight, m.proj.bias)
+    kv = torch.cat([cls, context[:, 1:]], dim=1)
+    mc = kv.shape[1]
+    q = F.linear(cls, m.to_q.weight, m.to_q.bias).view(b, 1, m.heads, -1).transpose(1, 2)
+    k = F.linear(kv, m.to_k.weight, m.to_k.bias).view(b, mc, m.heads, -1).transpose(1, 2)
+    v = F.linear(kv, m.to_v.weight, m.to_v.bias).view(b, mc, m.heads, -1).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, 1, -1)
+    fused = F.linear(F.linear(o, m.to_out[0].weight, m.to_out[0].bias), m.revert_proj.weight, m.revert_proj.bias)
+    return torch.cat([fused, fused.new_zeros(b, n - 1, dq)], dim=1)
 
 def _setup(spec, fields, generator):
     layer = zoo.create(spec, **{**fields, "dropout": 0.0}).double().eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
@@ -151,6 +152,16 @@ def _law_one_kv_head_is_multi_query(spec, fields, generator):
     _compare(layer, cross, generator,
              "with kv_heads=1 the query heads do not all read the same keys and values")
 
+
+def bare(m: GroupedQueryAttention, x: Tensor, context: Tensor) -> Tensor:
+    """The bench's bare twin: F.linear, views and one SDPA call with ``enable_gqa`` (no checks, no mask)."""
+    b, n, _ = x.shape
+    mc = context.shape[1]
+    q = F.linear(x, m.to_q.weight, m.to_q.bias).view(b, n, m.heads, -1).transpose(1, 2)
+    k = F.linear(context, m.to_k.weight, m.to_k.bias).view(b, mc, m.kv_heads, -1).transpose(1, 2)
+    v = F.linear(context, m.to_v.weight, m.to_v.bias).view(b, mc, m.kv_heads, -1).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k, v, enable_gqa=m.kv_heads != m.heads)
+    return F.linear(o.transpose(1, 2).reshape(b, n, -1), m.to_out[0].weight, m.to_out[0].bias)
 
 SPEC = zoo.VariantSpec(
     name="gqa",

@@ -157,6 +157,17 @@ def _law_no_n_by_m_tensor(spec, fields, generator):
                          f"an N x M matrix (or larger); linear attention must only form the running sums"
 
 
+def bare(m: LinearAttention, x: Tensor, context: Tensor) -> Tensor:
+    """The bench's bare twin: the two running sums by hand (no checks, no mask)."""
+    b, n, _ = x.shape
+    mc = context.shape[1]
+    q = F.linear(x, m.to_q.weight, m.to_q.bias).view(b, n, m.heads, -1).transpose(1, 2)
+    k = F.linear(context, m.to_k.weight, m.to_k.bias).view(b, mc, m.heads, -1).transpose(1, 2)
+    v = F.linear(context, m.to_v.weight, m.to_v.bias).view(b, mc, m.heads, -1).transpose(1, 2)
+    fq, fk = F.elu(q) + 1, F.elu(k) + 1
+    o = (fq @ (fk.transpose(-1, -2) @ v)) / (fq @ fk.sum(dim=-2).unsqueeze(-1))
+    return F.linear(o.transpose(1, 2).reshape(b, n, -1), m.to_out[0].weight, m.to_out[0].bias)
+
 SPEC = zoo.VariantSpec(
     name="linear",
     aliases=("linear-attention", "linear-transformer"),

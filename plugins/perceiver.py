@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -146,6 +147,23 @@ def _law_zero_weights_is_identity(spec, fields, generator):
     err = (out - x).abs().max().item()
     assert err == 0.0, f"with every weight zero the output differs from x by {err:.2e} (no query residual?)"
 
+
+def bare(m: PerceiverAttention, x: Tensor, context: Tensor) -> Tensor:
+    """The bench's bare twin: layer norms, F.linear, one SDPA call, residuals and the MLP by hand."""
+    b, n, dq = x.shape
+    mc = context.shape[1]
+    xn = F.layer_norm(x, (dq,), m.norm_q.weight, m.norm_q.bias, m.norm_q.eps)
+    cn = F.layer_norm(context, (context.shape[-1],), m.norm_context.weight, m.norm_context.bias, m.norm_context.eps)
+    q = F.linear(xn, m.to_q.weight, m.to_q.bias).view(b, n, m.heads, -1).transpose(1, 2)
+    k = F.linear(cn, m.to_k.weight, m.to_k.bias).view(b, mc, m.heads, -1).transpose(1, 2)
+    v = F.linear(cn, m.to_v.weight, m.to_v.bias).view(b, mc, m.heads, -1).transpose(1, 2)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
+    z = F.linear(o, m.to_out[0].weight, m.to_out[0].bias)
+    if m.query_residual:
+        z = x + z
+    h = F.layer_norm(z, (dq,), m.norm_mlp.weight, m.norm_mlp.bias, m.norm_mlp.eps)
+    h = F.linear(F.gelu(F.linear(h, m.mlp[0].weight, m.mlp[0].bias)), m.mlp[2].weight, m.mlp[2].bias)
+    return z + h
 
 SPEC = zoo.VariantSpec(
     name="perceiver",
