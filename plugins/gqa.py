@@ -77,6 +77,33 @@ class GroupedQueryAttention(MultiHeadBase):
         self.to_k = nn.Linear(self.context_dim, kv_heads * dim_head, bias=bias)
         self.to_v = nn.Linear(self.context_dim, kv_heads * dim_head, bias=bias)
 
+    @classmethod
+    def from_multihead(cls, layer: nn.Module, kv_heads: int) -> GroupedQueryAttention:
+        """Convert a multi-head layer (``cross``'s parameters) by mean-pooling its key and
+        value heads group by group, as Ainslie et al. (2023, Sec. 2.1) convert checkpoints.
+
+        Args:
+            layer: a module with ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` and ``heads``
+                (a zoo ``cross`` layer, or diffusers' ``Attention``).
+            kv_heads: key/value heads of the result; must divide ``layer.heads``.
+
+        Returns:
+            A ``gqa`` layer whose query and output weights are ``layer``'s; with
+            ``kv_heads == heads`` it computes exactly what ``layer`` computes.
+        """
+        heads = layer.heads
+        _validate_kv_heads(heads, kv_heads)
+        inner, query_dim = layer.to_q.weight.shape
+        new = cls(query_dim, layer.to_k.weight.shape[1], heads, inner // heads, layer.to_q.bias is not None,
+                  layer.to_out[0].bias is not None, kv_heads=kv_heads)
+        state = {k: v for k, v in layer.state_dict().items() if not k.startswith(("to_k.", "to_v."))}
+        for name in ("to_k", "to_v"):
+            for leaf, t in getattr(layer, name).named_parameters():
+                grouped = t.detach().reshape(kv_heads, heads // kv_heads, inner // heads, *t.shape[1:])
+                state[f"{name}.{leaf}"] = grouped.mean(dim=1).reshape(kv_heads * (inner // heads), *t.shape[1:])
+        new.load_state_dict(state, strict=True)
+        return new.to(layer.to_q.weight)
+
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
         context = self.check_context(x, context, context_mask)
         q = split_heads(self.to_q(x), self.heads)

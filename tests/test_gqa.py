@@ -147,3 +147,30 @@ def test_oracle_catches_interleaved_groups():
 
     spec = gqa.SPEC.replace(module=Interleaved, plugin=None, distribution=None)
     assert "oracle-forward" in _failed(spec)
+
+
+def test_from_multihead_mean_pools_key_value_heads():
+    torch.manual_seed(0)
+    cross = zoo.create("cross", **FIELDS, bias=True).double().eval()
+    same = gqa.GroupedQueryAttention.from_multihead(cross, kv_heads=8).eval()
+    x, c = torch.randn(2, 5, 32, dtype=torch.float64), torch.randn(2, 9, 24, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(same(x, c), cross(x, c), atol=1e-12, rtol=1e-12)
+    pooled = gqa.GroupedQueryAttention.from_multihead(cross, kv_heads=2)
+    assert pooled.to_k.weight.dtype == torch.float64 and pooled.kv_heads == 2
+    # K/V head j of the result is the mean of the original heads 4j .. 4j+3
+    w = cross.to_k.weight.view(8, 4, 24)
+    torch.testing.assert_close(pooled.to_k.weight.view(2, 4, 24), w.view(2, 4, 4, 24).mean(1))
+    torch.testing.assert_close(pooled.to_v.bias.view(2, 4), cross.to_v.bias.view(2, 4, 4).mean(1))
+    assert torch.equal(pooled.to_q.weight, cross.to_q.weight)
+    with pytest.raises(ValueError, match="kv_heads=3 must divide heads=8"):
+        gqa.GroupedQueryAttention.from_multihead(cross, kv_heads=3)
+
+
+def test_from_multihead_reads_diffusers_attention():
+    attention_processor = pytest.importorskip("diffusers.models.attention_processor")
+    theirs = attention_processor.Attention(32, cross_attention_dim=24, heads=8, dim_head=4).eval()
+    ours = gqa.GroupedQueryAttention.from_multihead(theirs, kv_heads=8).eval()
+    x, c = torch.randn(2, 5, 32), torch.randn(2, 9, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, c), theirs(x, encoder_hidden_states=c))
