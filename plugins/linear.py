@@ -37,7 +37,8 @@ def linear_attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = Non
 
     Returns:
         ``(B, h, N, dv)``: ``phi(q) S / (phi(q) . z)`` with ``S = sum_j phi(k_j) v_j^T`` and
-        ``z = sum_j phi(k_j)``; exactly zero for a batch element with no key left.
+        ``z = sum_j phi(k_j)``; exactly zero for a batch element with no key left (and for a
+        query whose similarity to every key underflows to zero).
     """
     fq, fk = feature_map(q), feature_map(k)
     if key_mask is not None:
@@ -45,12 +46,10 @@ def linear_attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = Non
     s = fk.transpose(-1, -2) @ v  # (B, h, d, dv)
     z = fk.sum(dim=-2)  # (B, h, d)
     num = fq @ s  # (B, h, N, dv)
-    den = (fq @ z.unsqueeze(-1))  # (B, h, N, 1)
-    if key_mask is not None:
-        # no key left: numerator 0, denominator 0; divide by 1 instead (0, and a zero gradient)
-        empty = ~key_mask.any(dim=-1)
-        den = den.masked_fill(empty[:, None, None, None], 1.0)
-    return num / den
+    den = fq @ z.unsqueeze(-1)  # (B, h, N, 1)
+    # No key left (masked), or every similarity underflowed to 0 (elu + 1 = exp(t) for t < 0):
+    # the numerator is 0 too; divide by 1 instead (0, and a zero gradient, never NaN).
+    return num / torch.where(den > 0, den, torch.ones_like(den))
 
 
 class LinearAttention(MultiHeadBase):

@@ -73,6 +73,24 @@ def test_empty_row_is_zero_with_finite_gradients():
     assert torch.equal(c.grad[0], torch.zeros_like(c.grad[0]))
 
 
+def test_underflowing_similarities_give_zero_not_nan():
+    """phi(t) = exp(t) for t < 0: a query far in the negative orthant has similarity 0 to
+    every key in float32 (and float64); its attention term is then 0, its gradients finite."""
+    layer = zoo.create("linear", query_dim=4, heads=1, dim_head=4, out_bias=False)
+    with torch.no_grad():
+        layer.to_q.weight.copy_(torch.eye(4))
+    x = torch.full((1, 2, 4), -1e4)
+    x[0, 1] = 1.0  # a normal query next to it
+    x.requires_grad_(True)
+    c = torch.randn(1, 5, 4)
+    out = layer(x, c)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[0, 0], torch.zeros(4))
+    out.square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
 def test_harness_passes_and_runs_both_laws():
     report = zoo.check("linear")
     assert report.passed, report.table()
