@@ -70,6 +70,13 @@ class PerceiverAttention(MultiHeadBase):
         self.mlp = nn.Sequential(nn.Linear(query_dim, hidden), nn.GELU(), nn.Linear(hidden, query_dim),
                                  nn.Dropout(dropout))
 
+    @property
+    def output_includes_x(self) -> bool:
+        """True with the query residual: ``forward`` returns ``x`` plus an update, so
+        :func:`zoo.swap` uses ``forward(x, c) - x`` in place of an attention branch (the
+        model's own residual is not added twice)."""
+        return self.query_residual
+
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
         self_attention = context is None
         context = self.check_context(x, context, context_mask)

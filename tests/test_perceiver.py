@@ -144,3 +144,15 @@ def test_input_order_law_fails_on_input_positions():
 def test_latents_law_fails_when_inputs_become_queries():
     failed = _failed(_broken(InputsAsQueries, examples=EQUAL_WIDTHS))
     assert {"law:n-latents-whatever-m", "shape"} <= failed  # the generic shape check sees it too
+
+
+def test_swap_uses_the_update_alone():
+    """In a model with its own residual (diffusers' attn2), the layer's x is not added twice."""
+    from zoo.swapping import call_layer
+
+    layer = zoo.create("perceiver", **FIELDS).eval()
+    assert layer.output_includes_x
+    x, c = torch.randn(2, 3, 32), torch.randn(2, 5, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(call_layer(layer, x, c, None), layer(x, c) - x)
+    assert not zoo.create("perceiver", **FIELDS, query_residual=False).output_includes_x
