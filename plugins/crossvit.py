@@ -16,6 +16,7 @@ from torch import Tensor, nn
 import zoo
 from zoo.nn import MultiHeadBase, MultiHeadFields, attend, split_heads
 from zoo.oracle import heads_merge, heads_view, linear, naive_attention
+from zoo.testing import expect
 
 
 class CrossViTConfig(MultiHeadFields):
@@ -147,8 +148,8 @@ def _law_only_cls_row(spec, fields, generator):
     with torch.no_grad():
         out = layer(x, c)
     rest = out[:, 1:].abs().max().item()
-    assert rest == 0.0, f"rows 1..N-1 (x's patch tokens) must be exactly zero, got up to {rest:.2e}"
-    assert out[:, 0].abs().max().item() > 0, "row 0 (the CLS fusion) is zero"
+    expect(rest == 0.0, f"rows 1..N-1 (x's patch tokens) must be exactly zero, got up to {rest:.2e}")
+    expect(out[:, 0].abs().max().item() > 0, "row 0 (the CLS fusion) is zero")
 
 
 def _law_x_patches_not_attended(spec, fields, generator):
@@ -157,7 +158,8 @@ def _law_x_patches_not_attended(spec, fields, generator):
     x2 = x.clone()
     x2[:, 1:] = torch.randn(x2[:, 1:].shape, generator=generator, dtype=x.dtype) * 10
     err = _changed(layer, x, c, x2, c)
-    assert err == 0.0, f"changing x's patch tokens changed the output by {err:.2e}: they must not be attended"
+    expect(err == 0.0,
+           f"changing x's patch tokens changed the output by {err:.2e}: they must not be attended")
 
 
 def _law_other_cls_not_attended(spec, fields, generator):
@@ -166,7 +168,7 @@ def _law_other_cls_not_attended(spec, fields, generator):
     c2 = c.clone()
     c2[:, 0] = torch.randn(c2[:, 0].shape, generator=generator, dtype=c.dtype) * 10
     err = _changed(layer, x, c, x, c2)
-    assert err == 0.0, f"changing the other branch's CLS token changed the output by {err:.2e}"
+    expect(err == 0.0, f"changing the other branch's CLS token changed the output by {err:.2e}")
 
 
 def _law_patch_order_ignored(spec, fields, generator):
@@ -174,7 +176,7 @@ def _law_patch_order_ignored(spec, fields, generator):
     layer, x, c = _setup(spec, fields, generator)
     perm = torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(c.shape[1] - 1, generator=generator)])
     err = _changed(layer, x, c, x, c[:, perm])
-    assert err < 1e-10, f"shuffling the other branch's patch tokens changed the output by {err:.2e}"
+    expect(err < 1e-10, f"shuffling the other branch's patch tokens changed the output by {err:.2e}")
 
 
 SPEC = zoo.VariantSpec(
@@ -193,8 +195,8 @@ SPEC = zoo.VariantSpec(
         {"query_dim": 16, "heads": 2, "dim_head": 8, "bias": True, "dropout": 0.25},
     ),
     reference=reference,
-    capabilities=zoo.Capabilities(self_attention=False, context_required=True,
-                                  query_order_equivariant=False, context_order_invariant=False),
+    capabilities=zoo.Capabilities(context_required=True, query_order_equivariant=False,
+                                  context_order_invariant=False),
     laws=(
         zoo.Law("only-cls-row", "rows 1..N-1 of the output are exactly zero: only x's CLS token changes",
                 _law_only_cls_row),
@@ -212,6 +214,21 @@ SPEC = zoo.VariantSpec(
     complexity="O(M·h·d) time and memory: one query per image, linear in the patches",
     context_shape="(B, M, Dc), M >= 2: the other branch's tokens, its CLS at position 0",
 )
+
+
+
+#: CrossViT-B's fusion (240 px images): the small branch (12 px patches: CLS + 400 tokens of
+#: width 384) reads the large one (16 px patches: CLS + 196 tokens of width 768), 12 heads of 64.
+BENCH_SHAPES = (
+    zoo.BenchShape("crossvit-b", "CrossViT-B: CLS + 400 small-branch tokens read CLS + 196 large-branch tokens",
+                   full=zoo.Workload(32, 401, 196, {"query_dim": 384, "context_dim": 768, "heads": 12,
+                                                    "dim_head": 64}),
+                   quick=zoo.Workload(8, 401, 196, {"query_dim": 384, "context_dim": 768, "heads": 12,
+                                                    "dim_head": 64}),
+                   tiny=zoo.Workload(1, 5, 8, {"query_dim": 32, "context_dim": 48, "heads": 2, "dim_head": 8})),
+)
+
+SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=BENCH_SHAPES, baseline=bare, target=1.05))
 
 
 @zoo.hookimpl

@@ -7,6 +7,7 @@ Multi-Query Transformer Models from Multi-Head Checkpoints", 2023, arXiv:2305.13
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
 import torch
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 import zoo
 from zoo.nn import MultiHeadBase, MultiHeadFields, attend, split_heads
 from zoo.oracle import heads_merge, heads_view, linear, naive_attention
+from zoo.testing import expect
 
 
 def _validate_kv_heads(heads: int, kv_heads: int) -> None:
@@ -144,7 +146,7 @@ def _compare(layer, cross, generator, what):
             pairs.append(("context=None", layer(x), cross(x)))
     for how, ours, theirs in pairs:
         err = (ours - theirs).abs().max().item()
-        assert err < 1e-10, f"{what}: with {how} the output differs by {err:.2e}"
+        expect(err < 1e-10, f"{what}: with {how} the output differs by {err:.2e}")
 
 
 def _law_all_kv_heads_is_cross(spec, fields, generator):
@@ -168,7 +170,8 @@ def _law_one_kv_head_is_multi_query(spec, fields, generator):
     d = fields.get("dim_head", 64)
     for name in ("to_k", "to_v"):
         width = getattr(layer, name).weight.shape[0]
-        assert width == d, f"with kv_heads=1, {name} must have one head's width dim_head={d} outputs, has {width}"
+        expect(width == d,
+               f"with kv_heads=1, {name} must have one head's width dim_head={d} outputs, has {width}")
     cross = CrossAttention(**{k: v for k, v in fields.items() if k != "kv_heads"}).double().eval()
     state = dict(layer.state_dict())
     for name in ("to_k", "to_v"):  # the one head's rows, repeated for every query head
@@ -222,6 +225,19 @@ SPEC = zoo.VariantSpec(
     complexity="O(N·M·h·d) time; K/V: O(M·h_kv·d) memory (h/h_kv times less than cross)",
     context_shape="(B, M, Dc), or None (self-attention)",
 )
+
+
+
+def _grouped(shape: zoo.BenchShape) -> zoo.BenchShape:
+    """A standard workload with kv_heads = heads / 4 (groups of four query heads; 1 when fewer heads)."""
+    def at(w: zoo.Workload) -> zoo.Workload:
+        heads = w.config.get("heads", 8)
+        return replace(w, config={**w.config, "kv_heads": heads // 4 if heads % 4 == 0 else 1})
+    return replace(shape, full=at(shape.full), quick=at(shape.quick), tiny=at(shape.tiny))
+
+
+SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=tuple(_grouped(s) for s in zoo.STANDARD_SHAPES), baseline=bare,
+                                        baseline_label="bare SDPA (enable_gqa)", target=1.05))
 
 
 @zoo.hookimpl
