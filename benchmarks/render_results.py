@@ -19,7 +19,8 @@ INTRO = """# Benchmark results
 Every zoo variant against a bare baseline written by hand on
 `scaled_dot_product_attention` with the same weights (each spec's `BenchSpec.baseline`, in the plugin's module),
 interleaved in one process; see `README.md` for the method. Regenerate with
-`zoo bench && python benchmarks/peers.py && python benchmarks/render_results.py`.
+`zoo bench && python benchmarks/peers.py && python benchmarks/render_results.py` (a run of some
+variants only is added with `python benchmarks/merge_results.py PART.json`).
 `ratio` = zoo median / bare median over the same rounds; `paired ratio` = median of the
 per-round ratios (a cross-check that is insensitive to slow drifts of the machine).
 """
@@ -91,6 +92,11 @@ def main() -> None:
     ms = doc["system"].get("memory_scaling", {"rows": [{"zoo_mib": 0}], "growth": 0})
     film = [r["compare"]["ratio"] for r in doc["results"] if "compare" in r] or [0.0]
     out = [INTRO, "## Zoo layers vs bare baselines (`zoo bench`, `results/cpu.json`)", "", to_markdown(doc)]
+    for m in doc.get("merged", []):  # partial runs added by merge_results.py
+        st = m["settings"]
+        out.append(f"Rows of {', '.join(m['variants'])}: a later run ({m['created']}, at least {st['repeat']} "
+                   f"rounds, budget {st.get('budget_s')} s, {m['threads']} threads, load average at start/end "
+                   f"{m['load_average']}) added with `merge_results.py`.\n")
     peers = HERE / "results" / "peers-cpu.json"
     if peers.exists():
         out.append(_peers_md(json.loads(peers.read_text())))
