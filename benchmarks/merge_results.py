@@ -39,7 +39,8 @@ def merge(base: dict, part: dict) -> dict:
     out["all_met"] = all(r["met"] for r in out["results"])
     record = {"variants": sorted(names), "created": part["created"], "settings": part["settings"],
               "threads": part["machine"]["threads"], "load_average": part["machine"]["load_average"]}
-    out["merged"] = [m for m in base.get("merged", []) if set(m["variants"]) != names] + [record]
+    older = [{**m, "variants": [v for v in m["variants"] if v not in names]} for m in base.get("merged", [])]
+    out["merged"] = [m for m in older if m["variants"]] + [record]
     return out
 
 
