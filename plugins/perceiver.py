@@ -221,7 +221,7 @@ BENCH_SHAPES = (
 )
 
 SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=BENCH_SHAPES, baseline=bare,
-                                        baseline_label="bare SDPA, norms and MLP by hand", target=1.05))
+                                        baseline_label="SDPA, norms and MLP by hand", target=1.05))
 
 
 @zoo.hookimpl
