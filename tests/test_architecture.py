@@ -21,6 +21,8 @@ CLI_MODULES = {"zoo/cli.py", "zoo/__main__.py", "zoo/harness/cli.py", "zoo/bench
 # reason; anything else in a string literal of zoo/ that equals a built-in's name fails.
 OTHER_MEANING = {
     ("zoo/swapping.py", "cross"): "zoo.swap(where='cross'): the position of an attention module, not a variant",
+    ("zoo/oracle.py", "linear"): "the oracle's linear() (x W^T + b), not the linear-attention variant",
+    ("zoo/bench/report.py", "linear"): "memory growing linearly (the scaling check), not the variant",
 }
 
 
