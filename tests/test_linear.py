@@ -141,11 +141,10 @@ def test_same_config_fields_as_cross():
 def test_memory_grows_linearly_32768_vs_2048():
     """N = M = 32768 within 0.5 GiB of N = M = 2048 at the same width (peak RSS, fresh process)."""
     from zoo.bench import memory
-    from zoo.bench.cases import Shape
 
     def job(n):
-        shape = Shape(f"n{n}", 1, n, n, 64, 64, 4, 16)
-        return {"variant": "linear", "impl": "zoo", "shape": shape.as_dict(), "dtype": "float32",
+        shape = zoo.Workload(1, n, n, {"query_dim": 64, "context_dim": 64, "heads": 4, "dim_head": 16})
+        return {"variant": "linear", "impl": "zoo", "workload": shape.as_dict(), "dtype": "float32",
                 "passes": ["fwd", "fwd+bwd"], "device": "cpu", "threads": 1}
 
     small, large = memory.measure_many([job(2048), job(32768)])
