@@ -71,7 +71,10 @@ def section(title: str, path: Path) -> list[str]:
     doc = json.loads(path.read_text(encoding="utf-8"))
     png = path.with_suffix(".png")
     body = markdown(doc, picture=f"results/{png.name}" if png.exists() else None)
-    return [f"## {title}", "", body, "### The predictions", "",
+    later = [f"Rows of {', '.join(m['variants'])} ({', '.join(m['tasks'])}): a later run on the same tier and "
+             f"seeds ({m['created']}; its floor rows equal this run's exactly), added with "
+             f"`benchmarks/merge_compare.py`." for m in doc.get("merged", [])]
+    return [f"## {title}", "", body, *(later + [""] if later else []), "### The predictions", "",
             "Margin = favoured minus other in the task's better direction (for `retrieval`, the "
             "floor's loss minus RETRO's).", "", *verdicts(doc), ""]
 
