@@ -129,9 +129,10 @@ def zoo_register_variants(register):
 # --------------------------------------------------------------------------- benchmark (`zoo bench`)
 
 
-def bare_sdpa(m: CrossAttention, x: Tensor, context: Tensor, **_) -> Tensor:
+def bare_sdpa(m: CrossAttention, x: Tensor, context: Tensor, *, values: Tensor | None = None, **_) -> Tensor:
     """What a user writes by hand: diffusers' ``Attention`` on the same weights, with
-    ``F.linear``, views and one ``scaled_dot_product_attention`` call (no validation)."""
+    ``F.linear``, views and one ``scaled_dot_product_attention`` call (no validation).
+    ``values``: the tensor ``to_v`` reads (default ``context``; SelfDoc passes ``x``)."""
     import torch.nn.functional as F
 
     def heads(t: Tensor) -> Tensor:
@@ -139,7 +140,7 @@ def bare_sdpa(m: CrossAttention, x: Tensor, context: Tensor, **_) -> Tensor:
 
     q = heads(F.linear(x, m.to_q.weight, m.to_q.bias))
     k = heads(F.linear(context, m.to_k.weight, m.to_k.bias))
-    v = heads(F.linear(context, m.to_v.weight, m.to_v.bias))
+    v = heads(F.linear(context if values is None else values, m.to_v.weight, m.to_v.bias))
     o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
     return F.linear(o, m.to_out[0].weight, m.to_out[0].bias)
 

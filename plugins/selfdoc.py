@@ -236,17 +236,10 @@ def zoo_register_variants(register):
 
 def bare_sdpa(m: SelfDocAttention, x: Tensor, context: Tensor, **_) -> Tensor:
     """SelfDoc by hand: queries and values from ``x``, keys from the aligned context, one
-    ``scaled_dot_product_attention`` call on the same weights."""
-    import torch.nn.functional as F
+    ``scaled_dot_product_attention`` call on the same weights (``cross``'s twin, values from x)."""
+    from attention_zoo_plugins.cross import bare_sdpa as cross_by_hand
 
-    def heads(t: Tensor) -> Tensor:
-        return t.unflatten(-1, (m.config.heads, -1)).transpose(1, 2)
-
-    q = heads(F.linear(x, m.to_q.weight, m.to_q.bias))
-    k = heads(F.linear(context, m.to_k.weight, m.to_k.bias))
-    v = heads(F.linear(x, m.to_v.weight, m.to_v.bias))
-    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
-    return F.linear(o, m.to_out[0].weight, m.to_out[0].bias)
+    return cross_by_hand(m, x, context, values=x)
 
 
 # N == M: only the long workload applies
