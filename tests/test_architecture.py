@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,20 +90,114 @@ def test_no_core_module_is_over_500_lines(path):
     assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines (> {MAX_LINES}): split it by concern"
 
 
-def test_no_library_module_imports_the_cli():
-    offenders = []
-    for path in _core_modules():
-        rel = str(path.relative_to(ROOT))
-        if rel in CLI_MODULES:
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            mods = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                mods = [node.module]
-            elif isinstance(node, ast.Import):
-                mods = [a.name for a in node.names]
-            offenders += [f"{rel}:{node.lineno}" for m in mods if m == "zoo.cli"]
-    assert not offenders, "library modules import the CLI (use zoo.text): " + ", ".join(offenders)
+# -- the import graph: every import, wherever it stands (functions too), resolved --------
+
+# What the core may import besides the standard library and itself: its dependencies, and
+# the optional libraries of the few modules that use them (imported only when used).
+CORE_DEPENDENCIES = {"torch", "pluggy", "pydantic", "pydantic_core", "yaml", "numpy", "tomli"}
+OPTIONAL_IN = {
+    "zoo/catalog/pictures.py": {"matplotlib"},   # the catalog's pictures ([docs])
+    "zoo/compare/report.py": {"matplotlib"},     # zoo compare --png
+    "zoo/pytest_plugin.py": {"pytest"},          # the pytest plugin itself
+    "zoo/testing.py": {"pytest"},                # helpers for authors' pytest suites
+}
+PACKAGES = {"zoo": CORE, "attention_zoo_plugins": ROOT / "plugins"}
+
+
+def module_name(path: Path) -> str:
+    """The dotted name ``path`` is imported as (``plugins/`` installs as ``attention_zoo_plugins``)."""
+    for package, folder in PACKAGES.items():
+        if path.is_relative_to(folder):
+            parts = [package, *path.relative_to(folder).with_suffix("").parts]
+            return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    raise ValueError(f"{path} is in no package of this repository")
+
+
+def _is_module(dotted: str) -> bool:
+    package, _, rest = dotted.partition(".")
+    folder = PACKAGES.get(package)
+    if folder is None:
+        return False
+    target = folder.joinpath(*rest.split(".")) if rest else folder
+    return target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()
+
+
+def imports_of(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
+    """``(line, module)`` for every import in ``path``: module level or inside functions,
+    relative ones resolved, and ``from package import name`` counted as an import of the
+    module ``package.name`` where that is a module (of ``package`` itself otherwise)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            modules = [f"{base}.{a.name}" for a in node.names if _is_module(f"{base}.{a.name}")]
+            found += [(node.lineno, m) for m in modules]
+            if len(modules) < len(node.names):  # names defined in ``base`` itself
+                found.append((node.lineno, base))
+    return [(line, mod) for line, mod in found if mod and mod != "__future__"]
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
+def import_rule_violations(path: Path) -> list[str]:
+    """What ``path`` imports that the architecture forbids (docs/architecture.md):
+
+    - the core (``zoo/``) imports no built-in plugin module;
+    - no library module imports a command-line module;
+    - the core imports only the standard library, its dependencies, and the optional
+      libraries named for the module in ``OPTIONAL_IN``.
+    """
+    rel = _rel(path)
+    cli = {module_name(ROOT / m) for m in CLI_MODULES}
+    bad = []
+    for line, mod in imports_of(path):
+        top = mod.split(".")[0]
+        if mod.startswith("attention_zoo_plugins") and module_name(path).startswith("zoo"):
+            bad.append(f"{rel}:{line}: imports the built-in plugin {mod} (reach variants through the registry)")
+        elif mod in cli and rel not in CLI_MODULES:
+            bad.append(f"{rel}:{line}: imports the command-line module {mod} (use zoo.text)")
+        elif (module_name(path).startswith("zoo") and top not in sys.stdlib_module_names and top not in PACKAGES
+              and top not in CORE_DEPENDENCIES | OPTIONAL_IN.get(rel, set())):
+            bad.append(f"{rel}:{line}: imports {top}, which is not a core dependency (an extra's library "
+                       f"belongs in a plugin, or in OPTIONAL_IN with its reason)")
+    return bad
+
+
+def test_the_import_graph_keeps_the_architecture():
+    bad = [v for path in _core_modules() for v in import_rule_violations(path)]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("target, line, rule", [
+    ("zoo/harness/numeric.py", "from attention_zoo_plugins.cross import CrossAttention", "built-in plugin"),
+    ("zoo/io.py", "from zoo import cli", "command-line module zoo.cli"),
+    ("zoo/harness/report.py", "from zoo.harness.cli import run", "command-line module zoo.harness.cli"),
+    ("zoo/harness/report.py", "from .cli import run", "command-line module zoo.harness.cli"),
+    ("zoo/functional.py", "def _later():\n    import diffusers\n", "imports diffusers"),
+])
+def test_each_planted_import_breaks_the_rules(tmp_path, monkeypatch, target, line, rule):
+    """The rules above see imports however they are written: a copy of the module with one
+    planted import (absolute, relative, ``from zoo import x``, inside a function) fails."""
+    copy = tmp_path / "zoo" / Path(target).relative_to("zoo")
+    copy.parent.mkdir(parents=True)
+    copy.write_text((ROOT / target).read_text(encoding="utf-8") + "\n\n" + line + "\n", encoding="utf-8")
+    assert not import_rule_violations(ROOT / target)  # the original keeps the rules
+    monkeypatch.setitem(PACKAGES, "zoo", tmp_path / "zoo")
+    for cli in CLI_MODULES:  # the copy's package must know the real modules it may name
+        (tmp_path / cli).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / cli).touch()
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    bad = import_rule_violations(copy)
+    assert any(rule in v for v in bad), bad
 
 
 def test_provenance_is_the_registrys_not_the_authors(registry):

@@ -173,7 +173,9 @@ ALIAS_BOMB = (
         ("alias.yaml", b"variant: cross\nquery_dim: &w 8\ncontext_dim: *w\n", "YAML aliases"),
         ("latin1.yaml", b"variant: cross\n# caf\xe9\n", "not UTF-8"),
         ("deep.json", b"[" * 5000 + b"]" * 5000, "nested"),
-        ("deep.yaml", b"[" * 5000 + b"]" * 5000, "nested"),
+        # PyYAML's own depth limit may fire before the zoo's (its wording is PyYAML's): the
+        # guarantee is a short ValueError naming the file; the zoo's limit is nested.yaml's
+        ("deep.yaml", b"[" * 5000 + b"]" * 5000, r"deep\.yaml.*(nested|invalid YAML)"),
         ("deep.toml", b"a = " + b"[" * 5000 + b"]" * 5000, "nested"),
         ("nested.yaml", b"variant: cross\nquery_dim: " + b"[" * 40 + b"]" * 40 + b"\n", "nested more than"),
         ("huge.yaml", b"variant: cross\n" + b"# padding\n" * 8000, "larger than 64 KiB"),

@@ -130,10 +130,33 @@ def test_nonfinite_in_gives_nonfinite_out_with_and_without_a_mask(name, where, v
         assert torch.equal(torch.isfinite(a), torch.isfinite(b)), f"{name}: the mask changed which outputs are finite"
 
 
-def test_nonfinite_check_fails_without_the_propagation(monkeypatch):
-    """Taking the NaN propagation out of attend brings back the fused kernel's finite rows."""
+class _KernelThatLaundersNaN:
+    """torch.nn.functional with an SDPA that turns non-finite rows finite, as some fused CPU
+    kernels do on some processors: built here, so the tests never depend on which CPU runs them."""
+
+    def __getattr__(self, name):
+        return getattr(torch.nn.functional, name)
+
+    @staticmethod
+    def scaled_dot_product_attention(*args, **kwargs):
+        out = torch.nn.functional.scaled_dot_product_attention(*args, **kwargs)
+        return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def test_the_rule_holds_whatever_the_kernel_does_with_nan(monkeypatch):
+    """With a kernel that launders NaN, attend still propagates it (the zoo's guarantee)."""
     import zoo.functional
 
+    monkeypatch.setattr(zoo.functional, "F", _KernelThatLaundersNaN())
+    for where in ("x", "context"):
+        test_nonfinite_in_gives_nonfinite_out_with_and_without_a_mask("cross", where, float("nan"))
+
+
+def test_nonfinite_check_fails_without_the_propagation(monkeypatch):
+    """Without attend's propagation, that kernel's finite rows come back and the check fails."""
+    import zoo.functional
+
+    monkeypatch.setattr(zoo.functional, "F", _KernelThatLaundersNaN())
     monkeypatch.setattr(zoo.functional, "_propagate_nonfinite", lambda out, q, k, v: out)
     with pytest.raises(AssertionError, match="finite"):
         test_nonfinite_in_gives_nonfinite_out_with_and_without_a_mask("cross", "x", float("nan"))

@@ -4,6 +4,9 @@ built from configs; nothing is downloaded."""
 
 from __future__ import annotations
 
+import copy
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -55,44 +58,110 @@ def test_marian_cross_swap_same_logits_and_generate():
                                           do_sample=False), beams)
 
 
-def test_encoder_keys_and_values_are_computed_once_per_generation():
-    model = tiny_marian()
-    ids, mask = source()
-    zoo.swap(model, "cross")
-    layer = model.model.decoder.layers[1].encoder_attn.layer
-    computed = []
-    real_linear = torch.nn.functional.linear
+def _count_key_projections(layer):
+    """Record the input shape of every projection through ``layer.to_k`` (a list to read)."""
+    import attention_zoo_plugins.adapters.transformers as adapter
+
+    computed, real_linear = [], adapter.F.linear
 
     def counting(x, weight, bias=None):
         if weight is layer.to_k.weight:
             computed.append(x.shape)
         return real_linear(x, weight, bias)
 
-    steps = []
-    model.model.decoder.register_forward_hook(lambda m, i, o: steps.append(1))
+    return computed, counting, real_linear
+
+
+def test_encoder_keys_and_values_are_computed_once_per_generation(monkeypatch):
+    """On the installed transformers (whatever argument carries its cache), a generation
+    projects the encoder states once, not at every decoding step."""
     import attention_zoo_plugins.adapters.transformers as adapter
 
-    adapter.F.linear = counting
-    try:
-        with torch.no_grad():
-            for _ in range(2):  # two generations: once each
-                model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6,
-                               do_sample=False)
-            assert len(steps) == 12 and len(computed) == 2, (len(steps), computed)
-            computed.clear()
-            model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3], use_cache=False)
-            model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3], use_cache=False)
-            assert len(computed) == 2  # no cache: computed at each call (nothing stale is reused)
+    model = tiny_marian()
+    ids, mask = source()
+    zoo.swap(model, "cross")
+    wrapper = model.model.decoder.layers[1].encoder_attn
+    computed, counting, _ = _count_key_projections(wrapper.layer)
+    steps = []
+    model.model.decoder.register_forward_hook(lambda m, i, o: steps.append(1))
+    monkeypatch.setattr(adapter.F, "linear", counting)
+    with torch.no_grad():
+        for _ in range(2):  # two generations: once each
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6,
+                           do_sample=False)
+        assert len(steps) == 12 and len(computed) == 2, (transformers.__version__, len(steps), len(computed))
         computed.clear()
-        model.train()
+        model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3], use_cache=False)
+        model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :3], use_cache=False)
+        assert len(computed) == 2  # no cache: computed at each call (nothing stale is reused)
+    computed.clear()
+    model.train()
+    enc = model.get_encoder()(input_ids=ids, attention_mask=mask)
+    for _ in range(2):  # with gradients: never memoised (no graph kept alive, none reused)
+        out = model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=ids[:, :3], use_cache=True)
+        out.logits.sum().backward(retain_graph=True)
+    assert len(computed) == 2
+    assert all(m._zoo_memo is None for m in wrapper._memo_linears)
+
+
+def test_the_memo_holds_nothing_after_generation_and_never_serves_stale_keys():
+    import gc
+
+    model = tiny_marian()
+    ids, mask = source()
+    zoo.swap(model, "cross")
+    wrapper = model.model.decoder.layers[0].encoder_attn
+
+    def greedy(m, **kw):
+        return m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6,
+                          do_sample=False, **kw)
+
+    with torch.no_grad():
+        greedy(model)
+        gc.collect()
+        assert all(m._zoo_memo is None for m in wrapper._memo_linears), "encoder states kept after generate()"
+        # new decoder weights between generations: the next one must use them
+        other = tiny_marian(seed=5)
+        zoo.swap(other, "cross")
+        model.load_state_dict(other.state_dict())
+        assert torch.equal(greedy(model), greedy(other))
+        # the same encoder tensor written in place (through .data: no version bump) within one
+        # cache's life is not a case; across generations each generation starts afresh
         enc = model.get_encoder()(input_ids=ids, attention_mask=mask)
-        for _ in range(2):  # with gradients: never memoised (no graph kept alive, none reused)
-            out = model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=ids[:, :3], use_cache=True)
-            out.logits.sum().backward(retain_graph=True)
-        assert len(computed) == 2
-        assert all(m._zoo_memo is None for m in model.model.decoder.layers[1].encoder_attn._memo_linears)
-    finally:
-        adapter.F.linear = real_linear
+        model.generate(encoder_outputs=enc, attention_mask=mask, max_new_tokens=4, do_sample=False)
+        enc.last_hidden_state.data.copy_(torch.randn_like(enc.last_hidden_state))
+        fresh = copy.deepcopy(enc)
+        out2 = model.generate(encoder_outputs=enc, attention_mask=mask, max_new_tokens=4, do_sample=False)
+        assert torch.equal(out2, model.generate(encoder_outputs=fresh, attention_mask=mask, max_new_tokens=4,
+                                                do_sample=False))
+    # a weight changed in place while one cache lives: the entry's version no longer matches
+    lin = wrapper.layer.to_k
+    x = torch.randn(2, 7, 32)
+    lin._zoo_memo_on = True
+    with torch.no_grad():
+        before = lin(x)
+        lin.weight.add_(1.0)
+        torch.testing.assert_close(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias))
+        assert not torch.equal(lin(x), before)
+
+
+def test_an_unknown_calling_convention_is_refused_naming_the_library_version(monkeypatch):
+    """A transformers release whose attention takes its cache under a name the adapter does
+    not know is refused at swap time, not swapped into a model that decodes slower."""
+    from transformers.models.marian import modeling_marian
+
+    model = tiny_marian()
+    real = modeling_marian.MarianAttention.forward
+
+    def forward(self, hidden_states, key_value_states=None, kv_store=None, attention_mask=None, **kw):
+        return real(self, hidden_states, key_value_states, kv_store, attention_mask, **kw)
+
+    monkeypatch.setattr(modeling_marian.MarianAttention, "forward", forward)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"transformers {re.escape(transformers.__version__)}.*kv_store"):
+        zoo.swap(model, "cross")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert type(model.model.decoder.layers[0].encoder_attn).__name__ == "MarianAttention"
 
 
 def test_marian_other_variants_train_and_generate():
@@ -235,4 +304,3 @@ def test_soft_bias_masks_are_refused_not_misread():
         attn(x, key_value_states=enc, attention_mask=torch.full((1, 1, 3, 4), -0.5))
     with pytest.raises(ValueError, match="needs the encoder states"):
         attn(x)
-    assert isinstance(attn, nn.Module)

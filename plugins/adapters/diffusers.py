@@ -7,11 +7,14 @@ additive bias of 0 / -10000) becomes the zoo's bool ``context_mask``. Of the
 ``cross_attention_kwargs``, ``scale`` is ignored with a warning (as diffusers'
 own processors do); any other raises a ``ValueError`` (a zoo layer has no place for
 it), so none is lost silently. diffusers is imported only when one of its modules
-is seen.
+is seen. The adapter relies on that call signature: when a model is swapped, the
+replaced module's ``forward`` must still take it, or the swap is refused naming the
+diffusers version (never a wrapper that would misread its arguments).
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 from torch import Tensor, nn
@@ -21,6 +24,22 @@ from zoo.swapping import Adapter, SwapTarget, call_layer, keep_mask
 
 # Processors whose computation is plain attention (no LoRA, IP-Adapter, ... state to lose).
 _PLAIN_PROCESSORS = {"AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "AttnProcessorNPU"}
+
+
+# The leading arguments of ``Attention.forward`` that callers pass and the wrapper takes.
+CALL_SIGNATURE = ("hidden_states", "encoder_hidden_states", "attention_mask")
+
+
+def calling_convention_problem(module: nn.Module) -> str | None:
+    """Why ``module.forward`` is not called the way the wrapper is (else ``None``)."""
+    params = [n for n in inspect.signature(type(module).forward).parameters if n != "self"]
+    if tuple(params[:len(CALL_SIGNATURE)]) == CALL_SIGNATURE:
+        return None
+    import diffusers
+
+    return (f"diffusers {diffusers.__version__}: {type(module).__name__}.forward({', '.join(params)}) no longer "
+            f"starts with ({', '.join(CALL_SIGNATURE)}), the call the zoo's wrapper takes; use a diffusers "
+            f"version in attention-zoo's tested range (constraints.txt) or report it")
 
 
 class SwappedDiffusersAttention(nn.Module):
@@ -85,8 +104,8 @@ class DiffusersAdapter(Adapter):
             f"processor {type(module.processor).__name__}": type(module.processor).__name__ not in _PLAIN_PROCESSORS,
         }
         used = [what for what, present in unsupported.items() if present]
-        problem = None
-        if used:
+        problem = calling_convention_problem(module)
+        if used and not problem:
             problem = f"diffusers Attention with {', '.join(used)}: a zoo layer has no such part"
         weights = {"to_q.weight": module.to_q.weight, "to_k.weight": module.to_k.weight,
                    "to_v.weight": module.to_v.weight, "to_out.0.weight": out.weight}

@@ -12,12 +12,22 @@
 During ``generate()`` (a cache is passed, gradients off) the zoo layer's projections
 of the encoder states are computed once per generation and reused at every step: the
 layer's ``nn.Linear`` modules remember their last output for the very same input
-tensor (same object, unchanged). Self-attention of these models (causal, with its own
-key/value cache) is not swapped. transformers is imported only when one of its
-modules is seen.
+tensor. The memo belongs to the generation's cache object: a new generation (a new
+cache) starts empty, the memo is dropped when that cache is freed, and an entry is
+used only while the input tensor and the weights are unchanged (their version
+counters), so it never serves stale keys and values. Which argument carries the cache
+(``cache`` from transformers 5.2x, ``past_key_values`` before) is read from the
+replaced module's signature when the model is swapped; a signature the adapter does
+not know is refused, naming the transformers version, instead of losing the reuse
+in silence. Self-attention of these models (causal, with its own key/value cache) is
+not swapped. transformers is imported only when one of its modules is seen.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -29,19 +39,60 @@ from zoo.swapping import Adapter, SwapTarget, call_layer, keep_mask
 
 class _MemoLinear(nn.Linear):
     """``nn.Linear`` that returns its last output again for the same, unchanged input
-    tensor while memoising is on (same parameters and state-dict keys as ``nn.Linear``)."""
+    while memoising is on (same parameters and state-dict keys as ``nn.Linear``).
+
+    "Unchanged" covers the input and the weights: the same tensor objects at the same
+    version counters (an in-place write, ``load_state_dict`` or an optimizer step
+    bumps them)."""
 
     _zoo_memo_on = False
     _zoo_memo = None
 
+    def _memo_key(self, x: Tensor) -> tuple:
+        return (x._version, *((p, p._version) for p in (self.weight, self.bias) if p is not None))
+
     def forward(self, x: Tensor) -> Tensor:
         memo = self._zoo_memo
-        if memo is not None and memo[0] is x and memo[1] == x._version:
+        if memo is not None and memo[0] is x and _same_key(memo[1], self._memo_key(x)):
             return memo[2]
         out = F.linear(x, self.weight, self.bias)
         if self._zoo_memo_on:
-            self._zoo_memo = (x, x._version, out)
+            self._zoo_memo = (x, self._memo_key(x), out)
         return out
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and a[0] == b[0] and all(p is q and v == w for (p, v), (q, w) in zip(a[1:], b[1:]))
+
+
+# The names transformers has given the argument that carries the key/value cache.
+CACHE_ARGUMENTS = ("cache", "past_key_values", "past_key_value")
+# Every named argument of a replaced module's forward that the wrapper knows what to do with.
+KNOWN_ARGUMENTS = {"hidden_states", "key_value_states", "encoder_hidden_states", "attention_mask",
+                   "encoder_attention_mask", "output_attentions", "layer_head_mask", "cache_position",
+                   "position_embeddings", *CACHE_ARGUMENTS}
+
+
+def calling_convention(module: nn.Module) -> tuple[str | None, str | None]:
+    """``(cache argument, problem)`` for a transformers attention module's ``forward``.
+
+    The problem (else ``None``) names the transformers version and what is unknown: an
+    argument the wrapper would not understand, or no (or more than one) cache argument.
+    """
+    params = inspect.signature(type(module).forward).parameters
+    named = [n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    caches = [n for n in named if n in CACHE_ARGUMENTS]
+    unknown = [n for n in named if n not in KNOWN_ARGUMENTS]
+    if len(caches) == 1 and not unknown:
+        return caches[0], None
+    import transformers
+
+    what = (f"arguments {unknown} this adapter does not know" if unknown
+            else f"{'no' if not caches else 'more than one'} cache argument (known: {', '.join(CACHE_ARGUMENTS)})")
+    return None, (f"transformers {transformers.__version__}: {type(module).__name__}.forward"
+                  f"({', '.join(named)}) has {what}; the zoo's adapter cannot promise the same model and "
+                  f"its decoding speed: use a transformers version in attention-zoo's tested range "
+                  f"(constraints.txt) or report it")
 
 
 class SwappedTransformersAttention(nn.Module):
@@ -60,34 +111,51 @@ class SwappedTransformersAttention(nn.Module):
     """Reuse the projections of the encoder states across decoding steps (set False to
     recompute them at every step, e.g. to measure what the reuse saves)."""
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: nn.Module, cache_argument: str = "cache") -> None:
         super().__init__()
         self.layer = layer
+        self.cache_argument = cache_argument
         memo = []
         for module in layer.modules():
             if type(module) is nn.Linear:
                 module.__class__ = _MemoLinear
                 memo.append(module)
         self._memo_linears = tuple(memo)  # a plain tuple: not registered twice, copied by deepcopy
+        self._memo_owner = None  # weakref to the cache of the generation the memo belongs to
 
-    def _memoise(self, on: bool) -> None:
-        for module in self._memo_linears:
-            if module._zoo_memo_on != on or (not on and module._zoo_memo is not None):
-                module._zoo_memo_on = on
-                if not on:
-                    module._zoo_memo = None
+    def _memoise(self, cache) -> None:
+        """Memoise for ``cache``'s generation (``None``: off, and forget everything)."""
+        owner = self._memo_owner() if self._memo_owner is not None else None
+        if cache is not None and owner is cache:
+            return
+        _forget(self._memo_linears)
+        self._memo_owner = None
+        if cache is not None:
+            # the memo lives as long as the generation's cache, and no longer
+            linears = self._memo_linears
+            self._memo_owner = weakref.ref(cache, lambda _, linears=linears: _forget(linears))
+            for module in linears:
+                module._zoo_memo_on = True
 
     def forward(self, hidden_states: Tensor, key_value_states: Tensor | None = None,
-                past_key_values=None, attention_mask: Tensor | None = None,
-                encoder_hidden_states: Tensor | None = None, **kwargs) -> tuple[Tensor, None]:
+                attention_mask: Tensor | None = None, encoder_hidden_states: Tensor | None = None,
+                **kwargs) -> tuple[Tensor, None]:
         context = key_value_states if key_value_states is not None else encoder_hidden_states
         if context is None:
             raise ValueError("a zoo-swapped cross-attention module needs the encoder states "
                              "(key_value_states or encoder_hidden_states), got None")
-        self._memoise(self.reuse_encoder_kv and past_key_values is not None and not torch.is_grad_enabled())
+        cache = kwargs.get(self.cache_argument)
+        reuse = self.reuse_encoder_kv and cache is not None and not torch.is_grad_enabled()
+        self._memoise(cache if reuse else None)
         mask = keep_mask(attention_mask, batch=context.shape[0], length=context.shape[1],
                          name="encoder attention_mask")
         return call_layer(self.layer, hidden_states, context, mask), None
+
+
+def _forget(linears: tuple[_MemoLinear, ...]) -> None:
+    for module in linears:
+        module._zoo_memo_on = False
+        module._zoo_memo = None
 
 
 def _linear_weights(pairs: dict[str, nn.Linear | None], bias: bool) -> dict[str, Tensor]:
@@ -120,10 +188,13 @@ class BartFamilyAdapter(Adapter):
         kind = "cross" if path.rsplit(".", 1)[-1] == "encoder_attn" else "self"
         heads = module.num_heads
         dim_head = q.out_features // heads
+        cache_argument, convention = calling_convention(module)
         problem = None
         if kind == "self":
             problem = ("self-attention of transformers' encoder-decoder models (causal, with its own "
                        "key/value cache) is not swapped; use where='cross'")
+        elif convention:
+            problem = convention
         elif abs(getattr(module, "scaling", dim_head ** -0.5) - dim_head ** -0.5) > 1e-12:
             problem = f"scaling {module.scaling} is not dim_head**-0.5; a zoo layer has no other scale"
         elif k.out_features != q.out_features or o.out_features != q.in_features:
@@ -138,7 +209,7 @@ class BartFamilyAdapter(Adapter):
             bias=bias, out_bias=o.bias is not None,
             weights=_linear_weights({"to_q": q, "to_k": k, "to_v": v, "to_out.0": o}, bias),
             problem=problem, notes=notes, dtype=p.dtype, device=p.device, training=module.training,
-            wrap=SwappedTransformersAttention,
+            wrap=functools.partial(SwappedTransformersAttention, cache_argument=cache_argument),
         )
 
 
@@ -157,10 +228,13 @@ class BertFamilyAdapter(Adapter):
         cross = type(module).__name__.endswith("CrossAttention") or path.endswith("crossattention.self")
         heads = module.num_attention_heads
         dim_head = q.out_features // heads
+        cache_argument, convention = calling_convention(module)
         problem = None
         if not cross:
             problem = ("BERT-family self-attention is not swapped (only its cross-attention, "
                        "crossattention.self); use where='cross'")
+        elif convention:
+            problem = convention
         elif getattr(module, "position_embedding_type", "absolute") != "absolute":
             problem = f"relative position scores ({module.position_embedding_type}) have no zoo counterpart"
         elif k.out_features != q.out_features:
@@ -175,7 +249,8 @@ class BertFamilyAdapter(Adapter):
             heads=heads, dim_head=dim_head, bias=True, out_bias=False, weights=weights, problem=problem,
             notes=("to_out.0 set to the identity: crossattention.output (dense, dropout, residual, "
                    "LayerNorm) is kept and stays the output projection",),
-            dtype=p.dtype, device=p.device, training=module.training, wrap=SwappedTransformersAttention,
+            dtype=p.dtype, device=p.device, training=module.training,
+            wrap=functools.partial(SwappedTransformersAttention, cache_argument=cache_argument),
         )
 
 

@@ -328,8 +328,9 @@ def main(args) -> int:
     doc = bench(names, size=size, dtypes=dtypes, shapes=shapes, repeat=repeat, budget_s=budget,
                 memory=not args.no_memory, isolate_memory=size == "full", system_checks=not args.no_system,
                 device=args.device, threads=args.threads, progress=not args.no_progress)
-    print(f"zoo bench: {doc['machine']['cpu_model']}, {doc['machine']['threads']} threads, "
-          f"torch {doc['torch']}, size={size}, at least {repeat} interleaved rounds, medians")
+    print(textwrap.fill(f"zoo bench: {doc['machine']['cpu_model']}, {doc['machine']['threads']} threads, "
+                        f"torch {doc['torch']}, size={size}, at least {repeat} interleaved rounds, medians",
+                        report.WIDTH, subsequent_indent="  "))
     for k, v in doc["shapes"].items():
         w = Workload(v["batch"], v["query_len"], v["context_len"], v["config"])
         print(f"  {k}: {w.describe()}")

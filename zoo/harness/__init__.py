@@ -100,6 +100,7 @@ def planned_checks(name_or_spec: Any, *, checks: Iterable[str] | str | None = No
     from zoo.harness.checks import checks_for
 
     spec = _resolve(name_or_spec)
+    source = spec.source  # the registry's record: copies made below do not carry it
     selectors = _validate_selectors(checks)
     return [c.id for c in checks_for(spec) if _selected(c, selectors, slow)]
 
@@ -155,12 +156,13 @@ def check(
     from zoo.harness.capabilities import resolve_capabilities
 
     spec = _resolve(name_or_spec)
+    source = spec.source  # the registry's record: copies made below do not carry it
     selectors = _validate_selectors(checks)
     dtype_names = _validate_dtypes(dtypes)
     spec = spec.replace(capabilities=resolve_capabilities(spec))  # what was not declared, observed
     configs = tuple(examples) if examples is not None else spec.example_configs()
     cases = [Case(spec, fields, i, device=device, seed=seed, dtypes=dtype_names) for i, fields in enumerate(configs)]
-    report = CheckReport(variant=spec.name, source=spec.source)
+    report = CheckReport(variant=spec.name, source=source)
     start = time.perf_counter()
     for chk in checks_for(spec):
         if not _selected(chk, selectors, slow):
