@@ -39,8 +39,14 @@ def linear_attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = Non
     Returns:
         ``(B, h, N, dv)``: ``phi(q) S / (phi(q) . z)`` with ``S = sum_j phi(k_j) v_j^T`` and
         ``z = sum_j phi(k_j)``; exactly zero for a batch element with no key left (and for a
-        query whose similarity to every key underflows to zero).
+        query whose similarity to every key underflows to zero). float16 and bfloat16
+        inputs are summed in float32 and the result cast back.
     """
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        # The sums run over the whole context: in 16 bits they overflow (float16 tops out at
+        # 65504) or lose precision as M grows. Accumulate in float32, return the input's dtype.
+        q, k, v = q.float(), k.float(), v.float()
     fq, fk = feature_map(q), feature_map(k)
     if key_mask is not None:
         fk = fk * key_mask[:, None, :, None].to(fk.dtype)
@@ -50,7 +56,7 @@ def linear_attend(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = Non
     den = fq @ z.unsqueeze(-1)  # (B, h, N, 1)
     # No key left (masked), or every similarity underflowed to 0 (elu + 1 = exp(t) for t < 0):
     # the numerator is 0 too; divide by 1 instead (0, and a zero gradient, never NaN).
-    return num / torch.where(den > 0, den, torch.ones_like(den))
+    return (num / torch.where(den > 0, den, torch.ones_like(den))).to(dtype)
 
 
 class LinearAttention(MultiHeadBase):
