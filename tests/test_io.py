@@ -217,3 +217,69 @@ def test_save_refuses_weights_that_no_longer_fit_the_config(layer, tmp_path):
     layer.to_q = torch.nn.Linear(16, 4, bias=True)  # swapped after zoo.create
     with pytest.raises(ValueError, match="do not match its config"):
         zoo.save(layer, tmp_path / "layer.pt")
+
+
+# -- work bounded by what the file declares, before anything large is allocated -------------
+
+
+def test_an_expanded_tensor_is_refused_before_it_is_materialised(layer, tmp_path):
+    """torch.zeros(1).expand(2**29) pickles to a few bytes and would be 2 GiB once copied."""
+    def plant(p):
+        p["state_dict"]["to_q.weight"] = torch.zeros(1).expand(2**29)
+
+    path = _rewrite(zoo.save(layer, tmp_path / "layer.pt"), plant)
+    with pytest.raises(ValueError, match=r"to_q\.weight.*expanded or overlapping"):
+        zoo.load(path)
+
+
+def test_a_compressed_archive_is_refused_before_it_is_inflated(layer, tmp_path):
+    import zipfile
+
+    path = zoo.save(layer, tmp_path / "layer.pt")
+    packed = tmp_path / "packed.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    assert torch.load(packed, weights_only=True)["config"]  # torch itself would read (and inflate) it
+    with pytest.raises(ValueError, match="packed.pt: not a file written by zoo.save: .* is compressed"):
+        zoo.load(packed)
+
+
+def test_a_config_asking_for_huge_widths_is_refused_before_the_layer_is_built(layer, tmp_path, monkeypatch):
+    """The weights are compared with the layer the config describes on the meta device: a
+    checksummed config asking for 2**20-wide projections never allocates them."""
+    import zoo.config
+
+    built = []
+    real_create = zoo.config.create
+
+    def spy(*args, **kwargs):
+        module = real_create(*args, **kwargs)
+        built.append(next(module.parameters()).device.type)
+        return module
+
+    path = _rewrite(zoo.save(layer, tmp_path / "layer.pt"),
+                    lambda p: (_set_config(query_dim=2**20, dim_head=2**20)(p), _resign(p)))
+    monkeypatch.setattr(zoo.config, "create", spy)
+    with pytest.raises(ValueError, match=r"layer\.pt: the weights .* do not fit the config"):
+        zoo.load(path)
+    assert built == ["meta"], built  # only the meta twin, never the real layer
+
+
+def test_save_refuses_a_replaced_submodule_of_the_same_shape(layer, tmp_path):
+    """Parameters alone do not decide the function: a dropout swapped for a sigmoid would
+    save and load as another layer."""
+    layer.to_out[1] = torch.nn.Sigmoid()
+    with pytest.raises(ValueError, match=r"submodules .*to_out\.1.*Sigmoid.*Dropout"):
+        zoo.save(layer, tmp_path / "layer.pt")
+
+
+def test_saved_files_follow_the_umask(layer, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = zoo.save(layer, tmp_path / "layer.pt")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -48,6 +48,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; a saved file follows the umask like open()'s
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -60,6 +61,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def _digest(state: dict, config: str | None) -> str:
@@ -77,24 +84,46 @@ def _digest(state: dict, config: str | None) -> str:
     return h.hexdigest()
 
 
-def _check_matches_config(module: Any, config: Any) -> None:
-    """Refuse to save a layer whose parameters no longer fit its config."""
+def _twin(config: Any) -> Any:
+    """The layer ``config`` describes, built on the meta device (no memory), or ``None``
+    when the variant cannot be built there."""
     import torch
 
     from zoo.config import create
 
     try:
         with torch.device("meta"):
-            twin = create(config)
+            return create(config)
     except Exception:  # noqa: BLE001 - a layer that cannot be built on meta: nothing to compare
+        return None
+
+
+def _structure(module: Any) -> tuple[dict, dict]:
+    """``({state key: shape}, {submodule path: class})``: what a config decides."""
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    return shapes, {name: type(m) for name, m in module.named_modules()}
+
+
+def _check_matches_config(module: Any, config: Any) -> None:
+    """Refuse to save a layer whose parameters or submodules no longer fit its config."""
+    twin = _twin(config)
+    if twin is None:
         return
-    want = {k: tuple(v.shape) for k, v in twin.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    (want, want_types), (have, have_types) = _structure(twin), _structure(module)
     if want != have:
         diff = sorted(set(want.items()) ^ set(have.items()))
         raise ValueError(
             f"zoo.save: the layer's weights do not match its config (was the layer changed after "
             f"zoo.create?); differing entries: {short_repr(diff, 300)}"
+        )
+    if want_types != have_types:
+        diff = sorted((n, getattr(have_types.get(n), "__name__", None), getattr(t, "__name__", None))
+                      for n, t in want_types.items() if have_types.get(n) is not t)
+        diff += sorted((n, t.__name__, None) for n, t in have_types.items() if n not in want_types)
+        raise ValueError(
+            f"zoo.save: the layer's submodules are not the ones its config builds (replaced after "
+            f"zoo.create?), so loading would give another function; (path, found, expected): "
+            f"{short_repr(diff, 300)}"
         )
 
 
@@ -148,6 +177,22 @@ def _device(path: Path, map_location: Any) -> Any:
     return device
 
 
+def _check_archive(path: Path) -> None:
+    """torch.save stores its archive's entries uncompressed, so nothing in a file zoo.save
+    wrote is larger than the file. Refuse compressed entries before reading any: a small
+    deflated file can inflate to gigabytes."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            packed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError):
+        return  # not an archive: torch.load refuses it below
+    if packed:
+        raise ValueError(f"{path}: not a file written by zoo.save: entry {short_repr(packed[0])} is compressed "
+                         f"(torch.save stores entries uncompressed), and would be inflated without bound")
+
+
 def _read_payload(path: Path) -> dict:
     import torch
 
@@ -157,6 +202,7 @@ def _read_payload(path: Path) -> dict:
         raise ValueError(f"{path}: not a file (a directory?); give the path zoo.save wrote")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty (an interrupted copy?); not a zoo layer file")
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every reader failure is the file's fault
@@ -202,6 +248,11 @@ def _read_state(path: Path, payload: dict, config_text: str) -> dict:
         if not isinstance(key, str) or not isinstance(value, torch.Tensor) or value.layout != torch.strided:
             raise ValueError(f"{path}: field 'state_dict' must map names to dense tensors, found "
                              f"{short_repr(key)}: {type(value).__name__}")
+        if value.numel() and value.untyped_storage().nbytes() < value.numel() * value.element_size():
+            # an expanded or overlapping view: a few bytes on disk, any size in memory
+            raise ValueError(f"{path}: field 'state_dict' entry {short_repr(key)} of shape {tuple(value.shape)} "
+                             f"is a view on {value.untyped_storage().nbytes()} bytes (expanded or overlapping), "
+                             f"which zoo.save never writes")
     v1 = payload["format"] == _FORMAT_V1
     try:
         digest = _digest(state, None if v1 else config_text)
@@ -215,6 +266,19 @@ def _read_state(path: Path, payload: dict, config_text: str) -> dict:
         warnings.warn(f"{path}: an older zoo layer file whose checksum covers the weights but not the "
                       f"config; save it again (zoo.save) to protect both", UserWarning, stacklevel=3)
     return state
+
+
+def _check_sizes(path: Path, data: dict, state: dict) -> None:
+    """Compare the weights with the layer the config describes, built on the meta device,
+    before the real one is allocated: a config asking for huge widths costs nothing here."""
+    twin = _twin(data)  # None for a config that does not validate: zoo.create says why below
+    if twin is None:
+        return
+    want, have = _structure(twin)[0], {k: tuple(v.shape) for k, v in state.items()}
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))
+        raise ValueError(f"{path}: the weights (field 'state_dict') do not fit the config {short_repr(data, 200)}; "
+                         f"differing (name, shape): {short_repr(diff, 300)}")
 
 
 def load(path: str | os.PathLike, *, map_location: Any = "cpu") -> Any:
@@ -239,6 +303,7 @@ def load(path: str | os.PathLike, *, map_location: Any = "cpu") -> Any:
     payload = _read_payload(path)
     text, data = _read_config(path, payload)
     state = _read_state(path, payload, text)
+    _check_sizes(path, data, state)
     try:
         module = create(data)
     except UnknownVariantError as exc:
