@@ -7,6 +7,7 @@ import sys
 from typing import Literal
 
 import pydantic
+import numpy as np
 import pytest
 import torch
 
@@ -182,6 +183,10 @@ ALIAS_BOMB = (
         ("unknown.yaml", b"variant: crosss\n", "unknown attention variant 'crosss'"),
         ("strwidth.json", b'{"variant": "cross", "query_dim": "8"}', "query_dim.*must be an integer"),
         ("boolwidth.yaml", b"variant: cross\nquery_dim: true\n", "query_dim.*must be an integer"),
+        ("bigint.json", b'{"variant": "cross", "query_dim": 1' + b"0" * 5000 + b"}", "cannot be parsed"),
+        ("bigint.yaml", b"variant: cross\nquery_dim: 1" + b"0" * 5000 + b"\n", "bigint.yaml"),
+        ("twice.json", b'{"variant": "cross", "query_dim": 8, "query_dim": 16}', "'query_dim' appears twice"),
+        ("twice.yaml", b"variant: cross\nquery_dim: 8\nquery_dim: 16\n", r"twice.yaml:3: the key 'query_dim' appears twice"),
     ],
 )
 def test_bad_config_files_are_value_errors_naming_the_file(cross_registry, tmp_path, name, content, message):
@@ -255,3 +260,18 @@ def test_frozen_config_survives_copies_and_leaves_plain_modules_alone(cross_regi
     assert getattr(bare, "config", None) is None
     bare.config = layer.config  # the first assignment is allowed (e.g. a classmethod constructor)
     assert bare.config is layer.config
+
+
+def test_a_missing_config_file_is_a_value_error_and_a_file_not_found_error(tmp_path):
+    path = tmp_path / "nowhere.yaml"
+    for kind in (ValueError, FileNotFoundError):
+        with pytest.raises(kind, match="nowhere.yaml: no such config file"):
+            zoo.load_config(path)
+
+
+@pytest.mark.parametrize("value", [np.True_, np.False_, b"8", bytearray(b"8")])
+def test_widths_are_numbers_not_bool_likes_or_bytes(cross_registry, value):
+    """pydantic would coerce these (np.True_ into a width of 1, b"8" into 8)."""
+    with pytest.raises(ValueError, match="query_dim.*must be an integer"):
+        zoo.create("cross", query_dim=value)
+    assert zoo.create("cross", query_dim=np.int64(8), heads=2, dim_head=4).config.query_dim == 8

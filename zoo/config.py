@@ -9,6 +9,7 @@ never imports anything.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -93,9 +94,10 @@ def _numeric_kinds(annotation: Any) -> set[type]:
 
 
 def _check_number(cls: type[BaseModel], key: str, value: Any) -> None:
-    """Refuse a bool or a string for an int/float field (pydantic would coerce them)."""
+    """Refuse anything but a number for an int/float field: a bool (numpy's too), a string
+    or bytes (pydantic would coerce ``True``, ``np.True_`` and ``b"8"`` into widths)."""
     field = cls.model_fields.get(key)
-    if field is None or not isinstance(value, (bool, str)):
+    if field is None or value is None or (isinstance(value, numbers.Number) and not isinstance(value, bool)):
         return
     kinds = _numeric_kinds(field.annotation)
     if not kinds:

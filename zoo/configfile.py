@@ -23,15 +23,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_CONFIG_BYTES", "MAX_DEPTH", "read_config_file", "check_depth"]
+__all__ = ["MAX_CONFIG_BYTES", "MAX_DEPTH", "ConfigFileNotFoundError", "read_config_file", "check_depth"]
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_DEPTH = 32
 
 
+class ConfigFileNotFoundError(FileNotFoundError, ValueError):
+    """No config file at the path: a ``FileNotFoundError`` (as ``open`` raises) that is also
+    a ``ValueError``, like every other failure to read a config file."""
+
+
 def _read_text(path: Path) -> str:
     if not path.exists():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        raise ConfigFileNotFoundError(2, f"{path}: no such config file; check the path "
+                                         f"(relative paths start at {os.getcwd()})", str(path))
     if not path.is_file():
         kind = "a directory" if path.is_dir() else "not a regular file"
         raise ValueError(f"{path}: is {kind}; give the path of a .yaml, .json or .toml config file")
@@ -93,6 +99,13 @@ def _load_yaml(path: Path, text: str) -> Any:
             seen.add(id(current))
             if isinstance(current, yaml.MappingNode):
                 children = [n for pair in current.value for n in pair]
+                keys: set = set()
+                for key, _ in current.value:
+                    if isinstance(key, yaml.ScalarNode) and (key.tag, key.value) in keys:
+                        raise ValueError(f"{path}:{key.start_mark.line + 1}: the key {key.value!r} appears twice "
+                                         f"in one mapping; keep one (YAML would silently take the last)")
+                    if isinstance(key, yaml.ScalarNode):
+                        keys.add((key.tag, key.value))
             elif isinstance(current, yaml.SequenceNode):
                 children = list(current.value)
             else:
@@ -111,13 +124,24 @@ def _load_yaml(path: Path, text: str) -> Any:
         loader.dispose()
 
 
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    data: dict = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"the key {key!r} appears twice in one object; keep one (the parser "
+                             f"would silently take the last)")
+        data[key] = value
+    return data
+
+
 def read_config_file(path: str | os.PathLike) -> Any:
     """The plain data in a config file (usually a mapping); bad files raise ``ValueError``.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
+        ConfigFileNotFoundError: no file at ``path`` (a ``FileNotFoundError`` and a ``ValueError``).
         ValueError: a directory, unreadable, too large, not UTF-8, malformed, nested too
-            deeply, YAML aliases, or an unsupported suffix; the message names the file.
+            deeply, YAML aliases, a key given twice, a number the parser refuses, or an
+            unsupported suffix; the message names the file.
     """
     path = Path(path)
     text = _read_text(path)
@@ -129,7 +153,7 @@ def read_config_file(path: str | os.PathLike) -> Any:
             data = _load_yaml(path, text)
         elif suffix == ".json":
             try:
-                data = json.loads(text)
+                data = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
         else:
@@ -143,5 +167,9 @@ def read_config_file(path: str | os.PathLike) -> Any:
                 raise ValueError(f"{path}: invalid TOML: {exc}") from None
     except RecursionError:
         raise ValueError(f"{path}: nested too deeply to parse; a config is a flat mapping") from None
+    except ValueError as exc:  # the parsers' own (e.g. an integer of more than 4,300 digits)
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: cannot be parsed: {' '.join(str(exc).split())[:300]}") from None
     check_depth(data, str(path))
     return data
