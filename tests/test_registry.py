@@ -168,6 +168,39 @@ def test_slow_plugin_import_is_reported_and_strict_fails():
         strict.names()
 
 
+@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+def test_a_bad_slow_threshold_is_reported_and_the_default_used(value):
+    """A typo in a diagnostic knob neither stops the tool nor leaves it empty."""
+    reg = Registry(env={"ZOO_LOAD_PLUGINS": "cross", "ZOO_PLUGIN_SLOW_S": value})
+    with pytest.warns(UserWarning, match=f"ZOO_PLUGIN_SLOW_S={value!r} is not a number of seconds"):
+        assert reg.names() == ["cross"]
+    assert reg.names() == ["cross"]
+
+
+def test_an_unexpected_error_while_loading_never_leaves_an_empty_registry(monkeypatch):
+    """The same error on every call, never a first call that raises and a second that says
+    nothing is registered."""
+    import zoo.registry
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("entry points unreadable")
+
+    monkeypatch.setattr(zoo.registry.metadata, "entry_points", broken)
+    reg = Registry(env={})
+    for _ in range(2):
+        with pytest.raises(PluginError, match="entry points unreadable"):
+            reg.names()
+
+
+@pytest.mark.parametrize("name", ["cross\n", "cross\r", "cross ", "\ncross"])
+def test_names_are_whole_strings(registry, name):
+    """A trailing newline is not part of a valid name ("cross\n" would list as a look-alike)."""
+    from attention_zoo_plugins.cross import SPEC
+
+    with pytest.raises((ValueError, zoo.RegistrationError)):
+        registry.register(SPEC.replace(name=name))
+
+
 def test_builtins_register_through_entry_points():
     reg = Registry(env={})
     with use_registry(reg):

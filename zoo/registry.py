@@ -38,7 +38,8 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -68,6 +69,22 @@ BUILTIN_DISTRIBUTION = "attention-zoo"
 
 def _norm(dist_name: str | None) -> str:
     return (dist_name or "").lower().replace("_", "-").replace(".", "-")
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    """A number of seconds from the environment; a value that is not one is reported (a
+    warning naming the variable) and the default used: a diagnostic knob never stops the tool."""
+    text = env.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:  # NaN too
+        warnings.warn(f"{name}={text!r} is not a number of seconds (>= 0); using {default}", stacklevel=4)
+        return default
+    return value
 
 
 def _precedence(ep: metadata.EntryPoint) -> tuple[int, str, str]:
@@ -165,11 +182,13 @@ class Registry:
             self._loader = threading.get_ident()
             try:
                 self._load_entry_point_plugins()
-            except PluginError as exc:  # strict mode: nothing half-loaded, the same error every call
+            except Exception as exc:  # strict mode, or a bug: nothing half-loaded, the same error every call
                 self._specs.clear()
                 self._aliases.clear()
-                self._load_error = exc
-                raise
+                self._load_error = exc if isinstance(exc, PluginError) else PluginError(f"loading plugins failed: {exc}")
+                if exc is not self._load_error:
+                    self._load_error.__cause__ = exc
+                raise self._load_error from exc
             finally:
                 self._loader = None
 
@@ -181,7 +200,7 @@ class Registry:
         wanted = self._env.get("ZOO_LOAD_PLUGINS")
         seen: set[tuple[str, str]] = set()
         eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_precedence)
-        slow_s = float(self._env.get("ZOO_PLUGIN_SLOW_S", "2"))
+        slow_s = _seconds(self._env, "ZOO_PLUGIN_SLOW_S", 2.0)
         eps = [ep for ep in eps if _allowed(wanted, ep)]
         if eps:
             start = time.perf_counter()

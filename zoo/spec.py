@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Capabilities", "INFERRED", "Law", "VariantSpec", "default_make_inputs", "validate_spec"]
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+# Names of variants, aliases and compare tasks: the whole string (fullmatch: "cross\n" is not "cross").
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
 
 
 class _Inferred:
@@ -251,7 +252,7 @@ def validate_spec(spec: Any) -> VariantSpec:
         raise RegistrationError(
             f"register() expects a zoo.VariantSpec, got {type(spec).__name__}: {spec!r:.80}"
         )
-    if not isinstance(spec.name, str) or not _NAME.match(spec.name):
+    if not isinstance(spec.name, str) or not NAME_PATTERN.fullmatch(spec.name):
         raise RegistrationError(
             f"variant name {spec.name!r} is invalid: use lower-case letters, digits, '-', '_' or '.'"
         )
@@ -273,7 +274,7 @@ def validate_spec(spec: Any) -> VariantSpec:
             f"`variant: Literal[{spec.name!r}]`"
         )
     for alias in spec.aliases:
-        if not isinstance(alias, str) or not _NAME.match(alias):
+        if not isinstance(alias, str) or not NAME_PATTERN.fullmatch(alias):
             raise RegistrationError(f"variant {spec.name!r}: alias {alias!r} is invalid")
     if not callable(spec.make_inputs):
         raise RegistrationError(f"variant {spec.name!r}: make_inputs must be callable")

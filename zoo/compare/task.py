@@ -25,15 +25,14 @@ def zoo_register_tasks(register):
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Task", "Problem", "Conditioning", "validate_task"]
+from zoo.spec import NAME_PATTERN
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+__all__ = ["Task", "Problem", "Conditioning", "validate_task"]
 
 
 class Conditioning(nn.Module):
@@ -138,7 +137,7 @@ def validate_task(task: Any) -> Task:
         if not hasattr(task, attr):
             raise ValueError(f"a compare task needs the attribute {attr!r} (subclass zoo.compare.Task); "
                              f"{type(task).__name__} has none")
-    if not isinstance(task.name, str) or not _NAME.match(task.name):
+    if not isinstance(task.name, str) or not NAME_PATTERN.fullmatch(task.name):
         raise ValueError(f"task name {task.name!r} is invalid: use lower-case letters, digits, '-', '_' or '.'")
     if not callable(task.build):
         raise ValueError(f"task {task.name!r}: build must be callable")
