@@ -306,3 +306,51 @@ def test_a_variant_that_cannot_build_its_workload_is_skipped_with_the_reason(reg
                 system_checks=False, progress=False)
     assert {r["variant"] for r in doc["results"]} == {"cross"}
     assert any(s.startswith("odd default float32: ValueError: this variant needs") for s in doc["skipped"])
+
+
+TINY_ARGS = ["--size", "tiny", "--repeat", "2", "--no-memory", "--no-system", "--dtype", "float32", "--no-progress"]
+
+
+def test_bench_json_dash_is_the_json_alone_on_stdout(capsys):
+    from zoo.cli import main
+
+    assert main(["bench", "cross", *TINY_ARGS, "--json", "-"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["schema"] == "zoo-bench/1"  # nothing else on stdout
+    assert "ratio" in err and "wrote" not in out + err
+
+
+class _Crashes(torch.nn.Module):
+    def __init__(self, query_dim: int = 8, **fields) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(query_dim, query_dim)
+
+    def forward(self, x, context=None, *, context_mask=None):
+        raise KeyError("boom")
+
+
+def test_a_run_whose_every_workload_crashed_exits_1(registry, capsys):
+    """Failed work is never exit 0, with or without --strict."""
+    from attention_zoo_plugins import cross
+
+    from zoo.cli import main
+
+    registry.load_plugin(cross, name="cross", distribution="attention-zoo")
+    spec = zoo.get_variant("cross")
+    registry.register(spec.replace(name="crashes", module=_Crashes, config=_renamed_config(spec.config, "crashes"),
+                                   aliases=(), bench=None, examples=({"query_dim": 8},)))
+    for strict in ([], ["--strict"]):
+        assert main(["bench", "crashes", *TINY_ARGS, *strict]) == 1
+        out, err = capsys.readouterr()
+        assert "FAILED: crashes" in out and "KeyError" in out and "1 workload(s) failed" in out
+
+
+def test_a_partial_run_in_the_repository_leaves_the_committed_results_alone(tmp_path, monkeypatch, capsys):
+    from zoo.cli import main
+
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "attention-zoo"\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "cross", *TINY_ARGS]) == 0
+    assert not (tmp_path / "benchmarks" / "results").exists()
+    assert "no results file written" in capsys.readouterr().out

@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                         help="cheap measurements take more rounds (up to 4x --repeat) to fill about this "
                              "many seconds (default: 4, 0.25 with --quick)")
-    parser.add_argument("--json", metavar="PATH", default=None,
-                        help="write the results here (default: benchmarks/results/cpu.json in the repository)")
+    parser.add_argument("--json", metavar="PATH|-", default=None,
+                        help="write the results here ('-': the JSON alone on stdout; default: a whole run "
+                             "from the repository writes benchmarks/results/cpu.json, a partial one nothing)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--no-system", action="store_true",
                         help="skip the system checks (dispatch, import time, memory scaling, GFLOP/s)")
@@ -91,6 +92,7 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from zoo.bench.runner import main
+    from zoo.cli import json_stdout
 
     problem = _usage_problem(args)
     if problem:
@@ -98,4 +100,4 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"zoo bench: {problem}", file=sys.stderr)
         return 2
-    return main(args)
+    return main(args, json_out=json_stdout())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -208,14 +209,14 @@ def bench(
     sys_steps = 4 if system_checks else 0
     prog = report.Progress(steps + sys_steps, enabled=progress)
     machine = machine_info(device)
-    results, mem_rows, mem_jobs = [], [], []
+    results, mem_rows, mem_jobs, errors = [], [], [], []
     for dtype_name in dtypes:
         for case in list(plan):
             try:
                 results += _time_case(case, dtype_name, passes, repeat=repeat, budget_s=budget_s, device=device,
                                       decide=decide, prog=prog)
             except Exception as exc:  # noqa: BLE001 - one variant's workload must not stop the run
-                skipped.append(f"{case.spec.name} {case.shape} {dtype_name}: {type(exc).__name__}: {exc}")
+                errors.append(f"{case.spec.name} {case.shape} {dtype_name}: {type(exc).__name__}: {exc}")
                 plan.remove(case)
                 continue
             if memory:
@@ -290,6 +291,7 @@ def bench(
         "memory": mem_rows,
         "system": sysres,
         "skipped": skipped,
+        "errors": errors,
         "all_met": bool(all(c is not False for c in checks)),
         "verdicts": sum(c is not None for c in checks),
     }
@@ -302,7 +304,8 @@ def _usage(message: str) -> SystemExit:
     return SystemExit(2)
 
 
-def main(args) -> int:
+def main(args, json_out=None) -> int:
+    """``zoo bench``'s work; ``json_out`` is the stream for ``--json -`` (the real stdout)."""
     dtypes = tuple(d.strip() for d in args.dtype.split(",") if d.strip()) if args.dtype else None
     for d in dtypes or ():
         if d not in ("float32", "bfloat16", "float16", "float64"):
@@ -328,6 +331,7 @@ def main(args) -> int:
     doc = bench(names, size=size, dtypes=dtypes, shapes=shapes, repeat=repeat, budget_s=budget,
                 memory=not args.no_memory, isolate_memory=size == "full", system_checks=not args.no_system,
                 device=args.device, threads=args.threads, progress=not args.no_progress)
+    to_stdout = args.json == "-"  # then the command line sends every print to stderr
     print(textwrap.fill(f"zoo bench: {doc['machine']['cpu_model']}, {doc['machine']['threads']} threads, "
                         f"torch {doc['torch']}, size={size}, at least {repeat} interleaved rounds, medians",
                         report.WIDTH, subsequent_indent="  "))
@@ -345,12 +349,22 @@ def main(args) -> int:
     if doc["system"]:
         print(report.format_system(doc["system"]))
         print()
-    for s in doc["skipped"]:
-        print(f"skipped: {s}")
-    path = Path(args.json) if args.json else default_json_path(args.device, size)
-    if path is not None:
-        report.write_json(doc, path)
-        print(f"wrote {path}")
+    for s_ in doc["skipped"]:
+        print(f"skipped: {s_}")
+    for e in doc["errors"]:
+        print(f"FAILED: {e}")
+    whole = not args.names and not args.shapes and not args.dtype  # the run the committed results hold
+    if to_stdout:
+        json_out.write(json.dumps(doc, indent=2) + "\n")
+        json_out.flush()
+    else:
+        path = Path(args.json) if args.json else (default_json_path(args.device, size) if whole else None)
+        if path is not None:
+            report.write_json(doc, path)
+            print(f"wrote {path}")
+        elif not args.json:
+            print("a partial run (names, --shapes or --dtype given): no results file written "
+                  "(the committed ones hold whole runs); pass --json PATH to keep it")
     if size != "full":
         print(textwrap.fill(
             f"smoke run (--size {size}): short calls on a shared machine are noise, so a row gets a "
@@ -359,6 +373,9 @@ def main(args) -> int:
             report.WIDTH))
         if not doc["all_met"]:
             print("a smoke-run interval lies wholly above a target (see MISS above)")
-        return 0 if doc["all_met"] or not args.strict else 1
-    print("all targets met" if doc["all_met"] else "SOME TARGETS MISSED")
+    else:
+        print("all targets met" if doc["all_met"] else "SOME TARGETS MISSED")
+    if doc["errors"]:
+        print(f"zoo bench: {len(doc['errors'])} workload(s) failed (see FAILED above)")
+        return 1
     return 0 if doc["all_met"] or not args.strict else 1
