@@ -113,6 +113,60 @@ def test_unknown_names_and_bad_options_exit_2(compare_registry, capsys, tmp_path
     assert "known tasks: recall" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--png", "out.xyz"], "--png out.xyz: the file name must end in .png"),
+    (["--png", "{tmp}"], "is a directory; give a file name such as {tmp}/out.png"),
+    (["--markdown", "table.txt"], "must end in .md"),
+    (["--seed", "99999999999999999999999"], "a seed is a whole number from 0"),
+    (["--seed", "-1"], "a seed is a whole number from 0"),
+])
+def test_usage_errors_are_found_before_any_training(compare_registry, capsys, tmp_path, monkeypatch, args, message):
+    """Checked before anything trains: exit 2 and the reason, never a task or a variant blamed."""
+    monkeypatch.setattr(zc, "compare", lambda *a, **k: pytest.fail("trained before the usage check"))
+    args = [a.format(tmp=tmp_path) for a in args]
+    assert main(["compare", "cross", "--quick", "--task", "global", *args]) == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_check_refuses_a_seed_torch_cannot_take(compare_registry, capsys):
+    assert main(["check", "cross", "--seed", "99999999999999999999999"]) == 2
+    err = capsys.readouterr().err
+    assert "a seed is a whole number" in err and "FAILED" not in err
+
+
+class _TrainsBadly(torch.nn.Module):
+    """Passes in eval; raises KeyError in training mode (a bug only training finds)."""
+
+    def __init__(self, query_dim: int = 8, **fields) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(query_dim, query_dim)
+
+    def forward(self, x, context=None, *, context_mask=None):
+        if self.training:
+            raise KeyError("boom")
+        return self.lin(x)
+
+
+class _BoomConfig(zoo.VariantConfig):
+    variant: Literal["boom"] = "boom"
+    query_dim: int = 8
+    context_dim: int | None = None
+    heads: int = 8
+    dim_head: int = 64
+
+
+def test_a_variant_that_fails_in_training_loses_no_other_result(compare_registry, capsys, tmp_path):
+    zoo.register(zoo.VariantSpec(name="boom", module=_TrainsBadly, config=_BoomConfig, summary="raises KeyError"))
+    path = tmp_path / "out.json"
+    assert main(["compare", "boom", "cross", "--quick", "--task", "global", "--json", str(path)]) == 1
+    doc = json.loads(path.read_text())
+    validate_document(doc)
+    rows = {r["variant"]: r for r in doc["results"]}
+    assert rows["boom"]["value"] is None and "KeyError" in rows["boom"]["reason"]
+    assert rows["cross"]["value"] is not None and rows["none"]["value"] is not None
+    assert "these runs failed: boom on global" in capsys.readouterr().err
+
+
 class _BrokenConfig(zoo.VariantConfig):
     variant: Literal["broken-at-call"] = "broken-at-call"
     query_dim: int = 8

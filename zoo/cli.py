@@ -43,21 +43,33 @@ def json_stdout() -> Any:
     return _JSON_STREAM[-1] if _JSON_STREAM else sys.stdout
 
 
-def usage_output_path(option: str, value: str | None) -> str | None:
-    """Why ``value`` cannot be written as an output file (``None``: it can, or it is ``-``).
+def usage_output_path(option: str, value: str | None, suffixes: tuple[str, ...] = ()) -> str | None:
+    """Why ``value`` cannot be written as an output file (``None``: it can, or it is ``-``
+    for an option that takes JSON). ``suffixes``: the endings the format needs (for a
+    picture, its format); the first one names the example in messages.
 
     Checked before any work, so a typo in ``--json`` costs nothing.
     """
-    if not value or value == "-":
+    if not value or (value == "-" and not suffixes):
         return None
+    example = "out" + (suffixes[0] if suffixes else ".json")
     path = os.path.abspath(value)
     parent = os.path.dirname(path)
     if os.path.isdir(path):
-        return f"{option} {value}: is a directory; give a file name such as {os.path.join(value, 'out.json')}"
+        return f"{option} {value}: is a directory; give a file name such as {os.path.join(value, example)}"
+    if suffixes and not value.lower().endswith(suffixes):
+        return f"{option} {value}: the file name must end in {' or '.join(suffixes)} (e.g. {example})"
     if not os.path.isdir(parent):
         return f"{option} {value}: the folder {parent} does not exist; create it first"
     if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         return f"{option} {value}: not writable"
+    return None
+
+
+def usage_seed(option: str, value: int) -> str | None:
+    """Why ``value`` is not a seed torch takes (``None``: it is): 0 to 2**63 - 1."""
+    if not 0 <= value < 2**63:
+        return f"{option} {value}: a seed is a whole number from 0 to {2**63 - 1}"
     return None
 
 

@@ -50,13 +50,14 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.cli import format_table, json_stdout, usage_device, usage_output_path
+    from zoo.cli import format_table, json_stdout, usage_device, usage_output_path, usage_seed
     from zoo.compare import compare, get_task, list_tasks, task_problems
     from zoo.compare.report import draw, markdown, table
     from zoo.registry import default_registry
 
-    problem = (usage_output_path("--json", args.json) or usage_output_path("--png", args.png)
-               or usage_output_path("--markdown", args.markdown) or usage_device("--device", args.device))
+    problem = (usage_output_path("--json", args.json) or usage_output_path("--png", args.png, suffixes=(".png",))
+               or usage_output_path("--markdown", args.markdown, suffixes=(".md",))
+               or usage_seed("--seed", args.seed) or usage_device("--device", args.device))
     if problem:
         print(f"zoo compare: {problem}", file=sys.stderr)
         return 2
@@ -97,5 +98,8 @@ def run(args: argparse.Namespace) -> int:
     broken = sorted({r["task"] for r in doc["results"] if r.get("task_error")})
     if broken:
         print(f"zoo compare: these tasks could not be built: {', '.join(broken)} (see the reasons)", file=sys.stderr)
-        return 1
-    return 0
+    failed = sorted({f"{r['variant']} on {r['task']}" for r in doc["results"] if r.get("error")})
+    if failed:
+        print(f"zoo compare: these runs failed: {', '.join(failed)} (see the reasons); the other results stand",
+              file=sys.stderr)
+    return 1 if broken or failed else 0

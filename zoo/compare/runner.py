@@ -112,8 +112,9 @@ def run_cell(spec: Any, task: Task, problems: Sequence[tuple[int, Problem]], tie
                 model = problem.model(cond).to(device)
                 trainable = _params(model) > 0
                 val, test, secs = _train_once(problem, model, tier, seed, lr if trainable else None, device)
-            except (ValueError, RuntimeError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one broken variant or task must not take the others down
                 row["reason"] = f"{name} failed on the {task.name} task: {type(exc).__name__}: {exc}"
+                row["error"] = True
                 return row
             row["params"], row["layer_params"] = _params(model), _params(cond)
             key = lr if trainable else None

@@ -89,11 +89,12 @@ def _list_checks() -> int:
 def run(args: argparse.Namespace) -> int:
     if args.list_checks:
         return _list_checks()
-    from zoo.cli import usage_device, usage_output_path
+    from zoo.cli import usage_device, usage_output_path, usage_seed
     from zoo.harness import _validate_dtypes, _validate_selectors, check, render_table
     from zoo.registry import default_registry
 
-    problem = usage_output_path("--json", args.json) or usage_device("--device", args.device)
+    problem = (usage_output_path("--json", args.json) or usage_seed("--seed", args.seed)
+               or usage_device("--device", args.device))
     if problem:
         print(f"zoo check: {problem}", file=sys.stderr)
         return 2
