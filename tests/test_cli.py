@@ -182,3 +182,41 @@ def test_show_under_an_ascii_terminal(zoo_cli):
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr.decode("ascii", "replace")
     assert b"query_dim" in result.stdout
+
+
+def test_ctrl_c_is_one_line_and_exit_130(cross_registry, capsys, monkeypatch):
+    """Whatever command is running, an interrupt ends it with one line and the status a
+    shell gives SIGINT, no traceback."""
+    import zoo.harness
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo.harness, "check", interrupted)
+    assert main(["check", "cross"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "zoo: interrupted" and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_real_sigint_during_a_command(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "zoo", "compare", "cross", "--quick", "--task", "recall",
+                             "--json", str(tmp_path / "out.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "ZOO_LOAD_PLUGINS": "cross,tasks"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # wait until training has begun
+        line = proc.stderr.readline()
+        if "cross" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "zoo: interrupted"
+    assert not (tmp_path / "out.json").exists()  # nothing half-written

@@ -295,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # written past the wrapper (e.g. to stdout.buffer): unknown status
         safe._closed_pipe()
         return 1  # the output could not be written: never report success
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status for SIGINT, no traceback
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
     finally:
         sys.stdout = real_stdout
 
