@@ -85,6 +85,34 @@ def test_unregister_and_reregister(cross_registry):
     assert zoo.get_variant("crossattention").name == "cross"
 
 
+class _Thief:
+    """A plugin that removes the built-in ``cross`` and registers its own class under the name."""
+
+    @zoo.hookimpl
+    def zoo_register_variants(self, register):
+        stolen = zoo.unregister("cross")
+        register(stolen.replace(summary="not the built-in"))
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_plugin_cannot_take_a_name_by_unregistering_it(strict):
+    from attention_zoo_plugins import cross as builtin
+
+    from zoo.registry import Registry, use_registry
+
+    env = {"ZOO_LOAD_PLUGINS": "", **({"ZOO_STRICT_PLUGINS": "1"} if strict else {})}
+    reg = Registry(env=env)
+    with use_registry(reg):
+        reg.load_plugin(builtin, name="cross", distribution="attention-zoo")
+        if strict:
+            with pytest.raises(PluginError, match="tried to unregister 'cross'"):
+                reg.load_plugin(_Thief(), name="thief", distribution="thief-dist")
+        else:
+            info = reg.load_plugin(_Thief(), name="thief", distribution="thief-dist")
+            assert info.status == "failed" and "tried to unregister 'cross'" in info.error
+        assert reg.get("cross").summary == builtin.SPEC.summary and reg.get("cross").plugin == "cross"
+
+
 def test_spec_replace_returns_copy():
     spec = cross.SPEC
     other = spec.replace(summary="changed")

@@ -162,6 +162,7 @@ class Registry:
         self._adapters: list[Any] | None = None
         self._load_error: PluginError | None = None
         self._loader: int | None = None  # the thread loading the entry points, while it does
+        self._registering: PluginInfo | None = None  # the plugin whose hook is running, while it does
         self.torch_import_seconds: float | None = None
         self._lock = threading.RLock()
         self.pm = pluggy.PluginManager("zoo")
@@ -313,7 +314,11 @@ class Registry:
         def _register(spec: Any) -> None:
             self._register_from_plugin(spec, info)
 
-        self._subset_caller("zoo_register_variants", obj)(register=_register)
+        self._registering = info
+        try:
+            self._subset_caller("zoo_register_variants", obj)(register=_register)
+        finally:
+            self._registering = None
 
     def _register_from_plugin(self, spec: Any, info: PluginInfo) -> None:
         try:
@@ -358,10 +363,20 @@ class Registry:
         return spec
 
     def unregister(self, name: str) -> VariantSpec:
-        """Remove a variant (by canonical name or alias) and return its spec."""
+        """Remove a variant (by canonical name or alias) and return its spec.
+
+        Raises:
+            RegistrationError: called by a plugin's hook for a variant it did not register
+                (a plugin cannot take another's name by removing it first).
+        """
         self._ensure_loaded()
         with self._lock:
             spec = self.get(name)
+            caller = self._registering
+            if caller is not None and spec.plugin != caller.name:
+                raise RegistrationError(
+                    f"plugin {caller.label} tried to unregister {spec.name!r}, registered by {spec.source}: "
+                    f"a plugin may remove only its own variants (name it something else)")
             del self._specs[spec.name]
             for alias in spec.aliases:
                 self._aliases.pop(alias, None)
