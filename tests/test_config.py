@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import zoo
+import zoo.config
 
 from attention_zoo_plugins import cross
 
@@ -275,3 +276,21 @@ def test_widths_are_numbers_not_bool_likes_or_bytes(cross_registry, value):
     with pytest.raises(ValueError, match="query_dim.*must be an integer"):
         zoo.create("cross", query_dim=value)
     assert zoo.create("cross", query_dim=np.int64(8), heads=2, dim_head=4).config.query_dim == 8
+
+
+def test_messages_about_huge_inputs_stay_short(registry):
+    """A mapping of 200,000 keys, a 52 KB config and hundreds of registered names each give a
+    message of a line or two, not megabytes."""
+    from attention_zoo_plugins import cross
+
+    registry.load_plugin(cross, name="cross", distribution="attention-zoo")
+    keys = {str(i): 0 for i in range(200_000)}
+    for call in (lambda: zoo.create(keys), lambda: zoo.config.parse_config({"x" * 52_000: 1})):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert len(str(info.value)) < 1_000, len(str(info.value))
+    for i in range(300):  # the cut is at a dozen; more names only cost time
+        registry.register(cross.SPEC.replace(name=f"cross-{i}", aliases=()))
+    with pytest.raises(zoo.UnknownVariantError) as info:
+        zoo.get_variant("q" * 5_000)
+    assert len(str(info.value)) < 1_000, len(str(info.value))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, model_validator
 from pydantic_core import core_schema
 
-from zoo.errors import UnknownVariantError, closest, short_repr
+from zoo.errors import UnknownVariantError, closest, short_list, short_repr
 from zoo.registry import default_registry
 from zoo.spec import VariantSpec
 
@@ -130,7 +130,7 @@ def parse_config(data: Any, spec: VariantSpec | None = None) -> VariantConfig:
     if "variant" not in data:
         raise ValueError(
             f"an attention config needs a 'variant' key naming a registered variant "
-            f"(see `zoo list`); got keys {sorted(map(str, data))}"
+            f"(see `zoo list`); got keys {short_list(sorted(map(str, data)))}"
         )
     name = data["variant"]
     if not isinstance(name, str):

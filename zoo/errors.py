@@ -12,7 +12,7 @@ import reprlib
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["UnknownVariantError", "RegistrationError", "PluginError", "closest", "short_repr"]
+__all__ = ["UnknownVariantError", "RegistrationError", "PluginError", "closest", "short_list", "short_repr"]
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel = 3
@@ -31,6 +31,14 @@ def short_repr(value: Any, limit: int = 120) -> str:
     """
     text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short_list(items: Iterable[Any], limit: int = 12) -> str:
+    """``a, b, c ... and N more``: at most ``limit`` items, each cut short, so a message
+    about a huge mapping or registry stays one line."""
+    items = list(items)
+    shown = [i if isinstance(i, str) and len(i) <= 60 else short_repr(i, 60) for i in items[:limit]]
+    return ", ".join(shown) + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def closest(word: str, candidates: Iterable[str], n: int = 3,
@@ -64,7 +72,7 @@ class UnknownVariantError(LookupError):
         if self.suggestions:
             hint = "did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
         elif known:
-            hint = "registered variants: " + ", ".join(known)
+            hint = "registered variants: " + short_list(known)
         else:
             hint = "no variants are registered (are plugins disabled by ZOO_LOAD_PLUGINS?)"
         super().__init__(f"unknown attention variant {short_repr(name)}: {hint} (see `zoo list`)")

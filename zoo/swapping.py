@@ -44,6 +44,8 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
+from zoo.errors import short_list
+
 __all__ = ["Adapter", "SwapTarget", "SwapReport", "swap", "call_layer", "keep_mask", "GEOMETRY"]
 
 WHERE = ("cross", "self", "all")
@@ -216,7 +218,7 @@ def _resolve(variant: Any) -> tuple[Any, dict[str, Any]]:
         if not isinstance(variant.get("variant"), str):
             raise ValueError(
                 f"zoo.swap: a mapping must name its variant under the key 'variant' (see `zoo list`); "
-                f"got keys {sorted(map(str, variant))}"
+                f"got keys {short_list(sorted(map(str, variant)))}"
             )
         return get_variant(variant["variant"]), {k: v for k, v in variant.items() if k != "variant"}
     raise ValueError(
