@@ -16,6 +16,13 @@ TESTS = Path(__file__).parent
 PACKAGES = TESTS / "packages"
 
 
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path_factory, monkeypatch):
+    """Each test its own cache folder (zoo compare's cached floors): no test reads another's
+    results, nor the user's."""
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path_factory.mktemp("zoo-cache")))
+
+
 @pytest.fixture
 def registry():
     """An empty registry (no entry points) installed as the default for one test."""

@@ -313,3 +313,33 @@ def test_a_task_that_cannot_be_built_gives_null_rows_and_exit_1(compare_registry
     broken = [r for r in doc["results"] if r["task"] == "cannot-build"]
     assert [r["variant"] for r in broken] == ["none", "cross"] and all("no data today" in r["reason"] for r in broken)
     assert all(r["value"] is not None for r in doc["results"] if r["task"] == "global")
+
+
+def test_the_floor_is_trained_once_per_task_tier_seed_and_code(compare_registry, monkeypatch):
+    import zoo.compare.cache as cache
+
+    first = zc.compare(["cross"], ["global"], quick=True)
+    floor = next(r for r in first["results"] if r["variant"] == "none")
+    assert not floor.get("cached") and floor["value"] is not None
+    again = next(r for r in zc.compare(["cross"], ["global"], quick=True)["results"] if r["variant"] == "none")
+    assert again["cached"] and again["value"] == floor["value"]
+    other_seed = zc.compare(["cross"], ["global"], quick=True, seed=5)
+    assert not next(r for r in other_seed["results"] if r["variant"] == "none").get("cached")
+    monkeypatch.setattr(cache, "_source_digest", lambda obj: "changed code")  # a new version of the task
+    changed = zc.compare(["cross"], ["global"], quick=True)
+    assert not next(r for r in changed["results"] if r["variant"] == "none").get("cached")
+    monkeypatch.setenv("ZOO_CACHE_DIR", "")  # off
+    assert cache.cache_dir() is None
+
+
+def test_no_floor_is_trained_for_a_task_no_named_variant_can_take(compare_registry, monkeypatch):
+    import zoo.compare.runner as runner
+
+    trained = []
+    real = runner._train_once
+    monkeypatch.setattr(runner, "_train_once", lambda *a, **k: trained.append(1) or real(*a, **k))
+    doc = zc.compare(["selfdoc"], ["recall"], quick=True)
+    rows = {r["variant"]: r for r in doc["results"]}
+    validate_document(doc)
+    assert rows["selfdoc"]["value"] is None and rows["none"]["value"] is None
+    assert "none of the named variants can take" in rows["none"]["reason"] and not trained

@@ -86,14 +86,18 @@ def _params(module: torch.nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
+def _row(name: str, task: Task, tier: Tier) -> dict[str, Any]:
+    """A result row with nothing measured yet."""
+    return {"variant": name, "task": task.name, "metric": task.metric, "value": None,
+            "higher_is_better": bool(task.higher_is_better), "params": None, "layer_params": None,
+            "seconds": None, "chance": task.chance, "tier": tier.name, "steps": tier.steps, "batch": tier.batch}
+
+
 def run_cell(spec: Any, task: Task, problems: Sequence[tuple[int, Problem]], tier: Tier, *, device: str = "cpu",
              progress: Callable[[str], None] | None = None) -> dict:
     """One result row: ``spec`` (a VariantSpec, or ``None`` for the floor) on ``task``."""
     name = FLOOR if spec is None else spec.name
-    row: dict[str, Any] = {"variant": name, "task": task.name, "metric": task.metric, "value": None,
-                           "higher_is_better": bool(task.higher_is_better), "params": None, "layer_params": None,
-                           "seconds": None, "chance": task.chance, "tier": tier.name, "steps": tier.steps,
-                           "batch": tier.batch}
+    row = _row(name, task, tier)
     runs: dict[float | None, list[tuple[int, float, float, float]]] = {}
     for seed, problem in problems:
         row["tokens"] = tier.steps * tier.batch * problem.query_len
@@ -140,6 +144,25 @@ def run_cell(spec: Any, task: Task, problems: Sequence[tuple[int, Problem]], tie
     return row
 
 
+def _floor(specs: Sequence[Any], task: Task, problems: Sequence[tuple[int, Problem]], tier: Tier, *,
+           seed: int, device: str, progress: Callable[[str], None] | None) -> dict:
+    """The floor's row: from the cache when this task, tier, seed and code ran it before;
+    not trained at all when none of the named variants can take the task."""
+    from zoo.compare.cache import floor_key, load_floor, store_floor
+
+    if specs and all(fit_variant(spec, task, problems[0][1]).reason for spec in specs):
+        return {**_row(FLOOR, task, tier), "reason": "not trained: none of the named variants can take this task's inputs"}
+    key = floor_key(task, tier, seed, device)
+    cached = load_floor(key)
+    if cached is not None:
+        if progress:
+            progress(f"{task.name} · {FLOOR} · cached")
+        return {**cached, "cached": True}
+    row = run_cell(None, task, problems, tier, device=device, progress=progress)
+    store_floor(key, row)
+    return row
+
+
 def compare_rows(specs: Sequence[Any], tasks: Sequence[Task], tier: Tier, *, seed: int = 0, device: str = "cpu",
                  progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
     """Rows for every task x (floor + each spec), in that order."""
@@ -158,7 +181,10 @@ def compare_rows(specs: Sequence[Any], tasks: Sequence[Task], tier: Tier, *, see
         for spec in (None, *specs):
             done = len(rows)
             note = (lambda msg, _d=done: progress(_d, total, msg)) if progress else None
-            rows.append(run_cell(spec, task, problems, tier, device=device, progress=note))
+            if spec is None:
+                rows.append(_floor(specs, task, problems, tier, seed=seed, device=device, progress=note))
+            else:
+                rows.append(run_cell(spec, task, problems, tier, device=device, progress=note))
     if progress:
         progress(total, total, "done")
     return rows
