@@ -354,3 +354,37 @@ def test_a_partial_run_in_the_repository_leaves_the_committed_results_alone(tmp_
     assert main(["bench", "cross", *TINY_ARGS]) == 0
     assert not (tmp_path / "benchmarks" / "results").exists()
     assert "no results file written" in capsys.readouterr().out
+
+
+def test_the_report_states_the_load_and_warns_when_busy(capsys):
+    from zoo.bench.runner import load_warning
+
+    calm = load_warning({"load_average": [0.4, 0.6], "cores": 2})
+    assert "load average 0.40 -> 0.60" in calm and "WARNING" not in calm
+    busy = load_warning({"load_average": [1.5, 3.1], "cores": 2})
+    assert "WARNING" in busy and "--threads 1" in busy
+    from zoo.cli import main
+
+    assert main(["bench", "cross", *TINY_ARGS]) == 0
+    assert "load average" in capsys.readouterr().out  # every printed report says it
+
+
+def test_a_named_run_measures_only_the_named_variant(monkeypatch, capsys):
+    """System checks measure the zoo as a whole: a run naming variants skips them unless asked."""
+    import zoo.bench.runner as runner
+    from zoo.cli import main
+
+    class Planned(Exception):
+        pass
+
+    def record(*args, **kwargs):
+        raise Planned(kwargs["system_checks"])
+
+    monkeypatch.setattr(runner, "bench", record)
+    args = [a for a in TINY_ARGS if a != "--no-system"]
+    seen = []
+    for argv in (["cross"], ["cross", "--system"], []):
+        with pytest.raises(Planned) as info:
+            main(["bench", *argv, *args])
+        seen.append(info.value.args[0])
+    assert seen == [False, True, True]

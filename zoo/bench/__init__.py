@@ -49,8 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the results here ('-': the JSON alone on stdout; default: a whole run "
                              "from the repository writes benchmarks/results/cpu.json, a partial one nothing)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
-    parser.add_argument("--no-system", action="store_true",
-                        help="skip the system checks (dispatch, import time, memory scaling, GFLOP/s)")
+    system = parser.add_mutually_exclusive_group()
+    system.add_argument("--system", action="store_true",
+                        help="run the system checks even when variants are named (they measure the zoo as a "
+                             "whole, not the named variants)")
+    system.add_argument("--no-system", action="store_true",
+                        help="skip the system checks (dispatch, import time, memory scaling, GFLOP/s); "
+                             "a run that names variants skips them unless --system")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress display on stderr")

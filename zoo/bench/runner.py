@@ -56,6 +56,18 @@ def machine_info(device: str) -> dict:
     return info
 
 
+def load_warning(machine: dict) -> str:
+    """The load the run saw, and a warning when it was above one per core (else a plain line)."""
+    loads, cores = machine.get("load_average") or [], machine.get("cores") or 1
+    if not loads:
+        return ""
+    line = f"  load average {' -> '.join(f'{v:.2f}' for v in loads)} (start -> end) on {cores} cores"
+    if max(loads) > cores:
+        line += ("\n  WARNING: the machine was busy (load above one per core): timings and verdicts are "
+                 "unreliable; rerun on an idle machine, or with --threads 1")
+    return line
+
+
 def default_json_path(device: str, size: str) -> Path | None:
     """``benchmarks/results/<device>[-<size>].json`` when run from the repository, else None."""
     here = Path.cwd()
@@ -329,12 +341,16 @@ def main(args, json_out=None) -> int:
     repeat = args.repeat or {"full": 21, "quick": 6, "tiny": 3}[size]
     budget = args.budget if args.budget is not None else {"full": 4.0, "quick": 0.25, "tiny": 0.1}[size]
     doc = bench(names, size=size, dtypes=dtypes, shapes=shapes, repeat=repeat, budget_s=budget,
-                memory=not args.no_memory, isolate_memory=size == "full", system_checks=not args.no_system,
+                memory=not args.no_memory, isolate_memory=size == "full",
+                system_checks=args.system or not (args.no_system or args.names),
                 device=args.device, threads=args.threads, progress=not args.no_progress)
     to_stdout = args.json == "-"  # then the command line sends every print to stderr
     print(textwrap.fill(f"zoo bench: {doc['machine']['cpu_model']}, {doc['machine']['threads']} threads, "
                         f"torch {doc['torch']}, size={size}, at least {repeat} interleaved rounds, medians",
                         report.WIDTH, subsequent_indent="  "))
+    busy = load_warning(doc["machine"])
+    if busy:
+        print(busy)
     for k, v in doc["shapes"].items():
         w = Workload(v["batch"], v["query_len"], v["context_len"], v["config"])
         print(f"  {k}: {w.describe()}")
