@@ -99,7 +99,7 @@ def _check_plugin_env() -> None:
     from importlib import metadata
 
     from zoo.errors import closest
-    from zoo.registry import ENTRY_POINT_GROUP
+    from zoo.entrypoints import ENTRY_POINT_GROUP
 
     value = os.environ.get("ZOO_LOAD_PLUGINS")
     if value is None:

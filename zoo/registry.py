@@ -38,8 +38,7 @@ import os
 import threading
 import time
 import traceback
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -47,6 +46,7 @@ from typing import Any
 import pluggy
 
 from zoo import hookspecs
+from zoo.entrypoints import ENTRY_POINT_GROUP, allowed, precedence, seconds_from_env
 from zoo.errors import PluginError, RegistrationError, UnknownVariantError
 from zoo.spec import VariantSpec, validate_spec
 
@@ -62,37 +62,6 @@ __all__ = [
     "plugins",
     "adapters",
 ]
-
-ENTRY_POINT_GROUP = "zoo"
-BUILTIN_DISTRIBUTION = "attention-zoo"
-
-
-def _norm(dist_name: str | None) -> str:
-    return (dist_name or "").lower().replace("_", "-").replace(".", "-")
-
-
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    """A number of seconds from the environment; a value that is not one is reported (a
-    warning naming the variable) and the default used: a diagnostic knob never stops the tool."""
-    text = env.get(name)
-    if text is None:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 0:  # NaN too
-        warnings.warn(f"{name}={text!r} is not a number of seconds (>= 0); using {default}", stacklevel=4)
-        return default
-    return value
-
-
-def _precedence(ep: metadata.EntryPoint) -> tuple[int, str, str]:
-    """Load order = name precedence: built-ins first, then distributions by name."""
-    dist = getattr(ep, "dist", None)
-    name = _norm(dist.name if dist else None)
-    return (0 if name == BUILTIN_DISTRIBUTION else 1, name, ep.name)
-
 
 def _contained(exc: BaseException) -> bool:
     """Whether a plugin's exception is contained (everything but Ctrl-C)."""
@@ -117,16 +86,6 @@ class PluginInfo:
         if self.distribution:
             return f"{self.name} ({self.distribution} {self.version})"
         return self.name
-
-
-def _allowed(env_value: str | None, ep: metadata.EntryPoint) -> bool:
-    if env_value is None:
-        return True
-    wanted = {w.strip() for w in env_value.split(",") if w.strip()}
-    if not wanted or wanted == {"none"}:
-        return False
-    dist = getattr(ep, "dist", None)
-    return ep.name in wanted or (dist is not None and dist.name in wanted)
 
 
 class _Refused(Exception):
@@ -200,9 +159,9 @@ class Registry:
     def _load_entry_point_plugins(self) -> None:
         wanted = self._env.get("ZOO_LOAD_PLUGINS")
         seen: set[tuple[str, str]] = set()
-        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=_precedence)
-        slow_s = _seconds(self._env, "ZOO_PLUGIN_SLOW_S", 2.0)
-        eps = [ep for ep in eps if _allowed(wanted, ep)]
+        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=precedence)
+        slow_s = seconds_from_env(self._env, "ZOO_PLUGIN_SLOW_S", 2.0)
+        eps = [ep for ep in eps if allowed(wanted, ep)]
         if eps:
             start = time.perf_counter()
             import torch  # noqa: F401 - every plugin needs it; its import is not any plugin's cost
