@@ -142,6 +142,13 @@ def test_unknown_plugin_in_zoo_load_plugins_is_explained(zoo_cli):
     assert "ZOO_LOAD_PLUGINS" in result.stderr and "'crss'" in result.stderr
     assert "matches no installed plugin" in result.stderr and "cross (attention-zoo)" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "no variant is registered" in result.stderr and "'*'" not in result.stderr  # no pattern was given
+
+
+def test_the_plugins_footer_never_reports_a_torch_import_it_did_not_time(zoo_cli):
+    footer = zoo_cli("plugins").stdout.strip().splitlines()[-1]
+    assert "import times exclude torch" in footer
+    assert ": 0 ms" not in footer and " 0 ms," not in footer
 
 
 # -- output channels and encodings (issue 16) -------------------------------------------

@@ -149,8 +149,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     pattern = args.pattern if any(c in args.pattern for c in "*?[") else f"*{args.pattern}*"
     names = reg.names(pattern)
     if not names:
+        if args.pattern == "*":
+            print("no variant is registered (see `zoo plugins`; ZOO_LOAD_PLUGINS chooses which load)", file=sys.stderr)
+            return 0
         print(f"no registered variant matches {args.pattern!r} (see `zoo list`)", file=sys.stderr)
-        return 1 if args.pattern != "*" else 0
+        return 1
     rows = []
     for n in names:
         spec = reg.get(n)
@@ -213,7 +216,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     print(format_table(("plugin", "distribution", "version", "status", "import", "variants / error"), rows))
     torch_s = default_registry().torch_import_seconds
     if torch_s is not None:
-        print(f"\n(import times exclude torch's own import: {torch_s * 1000:.0f} ms, before any plugin)")
+        print(f"\n(import times exclude torch's own import, {torch_s * 1000:.0f} ms, done before any plugin)")
+    elif infos:
+        print("\n(import times exclude torch, which was imported before any plugin)")
     return 1 if args.strict and any(p.status == "failed" or p.problems for p in infos) else 0
 
 

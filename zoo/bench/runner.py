@@ -63,8 +63,9 @@ def load_warning(machine: dict) -> str:
         return ""
     line = f"  load average {' -> '.join(f'{v:.2f}' for v in loads)} (start -> end) on {cores} cores"
     if max(loads) > cores:
-        line += ("\n  WARNING: the machine was busy (load above one per core): timings and verdicts are "
-                 "unreliable; rerun on an idle machine, or with --threads 1")
+        line += "\n" + textwrap.fill("WARNING: the machine was busy (load above one per core): timings and "
+                                     "verdicts are unreliable; rerun on an idle machine, or with --threads 1",
+                                     report.WIDTH, initial_indent="  ", subsequent_indent="  ")
     return line
 
 
@@ -228,7 +229,10 @@ def bench(
                 results += _time_case(case, dtype_name, passes, repeat=repeat, budget_s=budget_s, device=device,
                                       decide=decide, prog=prog)
             except Exception as exc:  # noqa: BLE001 - one variant's workload must not stop the run
-                errors.append(f"{case.spec.name} {case.shape} {dtype_name}: {type(exc).__name__}: {exc}")
+                # a ValueError is the variant refusing the workload's inputs (skipped, saying why);
+                # anything else is a crash, and fails the run
+                (skipped if isinstance(exc, ValueError) else errors).append(
+                    f"{case.spec.name} {case.shape} {dtype_name}: {type(exc).__name__}: {exc}")
                 plan.remove(case)
                 continue
             if memory:
