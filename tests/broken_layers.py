@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 import zoo
-from attention_zoo_plugins.cross import SPEC as CROSS, CrossAttention, CrossConfig
+from attention_zoo_plugins.variants.cross import SPEC as CROSS, CrossAttention, CrossConfig
 from zoo.functional import merge_heads, split_heads
 
 

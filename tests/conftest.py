@@ -34,7 +34,7 @@ def registry():
 @pytest.fixture
 def cross_registry(registry):
     """A fresh registry holding only the built-in `cross` plugin."""
-    from attention_zoo_plugins import cross
+    from attention_zoo_plugins.variants import cross
 
     registry.load_plugin(cross, name="cross", distribution="attention-zoo")
     return registry

@@ -202,7 +202,7 @@ def test_each_planted_import_breaks_the_rules(tmp_path, monkeypatch, target, lin
 
 def test_provenance_is_the_registrys_not_the_authors(registry):
     """An author cannot write where a spec came from; the registry records it."""
-    from attention_zoo_plugins import cross
+    from attention_zoo_plugins.variants import cross
 
     with pytest.raises(TypeError, match="plugin"):
         zoo.VariantSpec(name="x", module=object, config=object, summary="s", plugin="forged")

@@ -23,7 +23,7 @@ CASES = [
 @pytest.mark.parametrize(("name", "fields"), CASES)
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-10), (torch.float32, 2e-5)])
 def test_bare_twin_equals_layer(name, fields, dtype, tol):
-    bare = importlib.import_module(f"attention_zoo_plugins.{name}").bare
+    bare = importlib.import_module(f"attention_zoo_plugins.variants.{name}").bare
     torch.manual_seed(0)
     layer = zoo.create(name, **fields).to(dtype)
     with torch.no_grad():

@@ -71,7 +71,7 @@ def test_retro_baseline_zero_before_first_window():
 def test_a_wrong_baseline_is_reported_as_a_mismatch(registry):
     """The bench compares outputs before timing: a baseline that computes something else
     gives a failed row saying so, whatever the times."""
-    from attention_zoo_plugins import cross
+    from attention_zoo_plugins.variants import cross
 
     from zoo.bench.runner import bench
 
@@ -90,7 +90,7 @@ def test_a_wrong_baseline_is_reported_as_a_mismatch(registry):
 def test_a_variant_without_bench_info_gets_a_row_without_a_ratio(registry):
     """No BenchSpec: timed on its own make_inputs at the default workload, absolute
     numbers only (no baseline to divide by, so no ratio and no verdict)."""
-    from attention_zoo_plugins import cross
+    from attention_zoo_plugins.variants import cross
 
     from zoo.bench.runner import bench
 
@@ -290,7 +290,7 @@ def test_a_strangers_variant_is_benchmarked_with_its_ratio(registry, capsys):
 
 
 def test_a_variant_that_cannot_build_its_workload_is_skipped_with_the_reason(registry):
-    from attention_zoo_plugins import cross
+    from attention_zoo_plugins.variants import cross
 
     from zoo.bench.runner import bench
 

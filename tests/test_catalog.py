@@ -159,7 +159,7 @@ def test_worked_example_matches_an_independent_implementation():
 
 def test_third_party_variant_appears(registry):
     """A plugin's variant gets a page and is named as third-party in the index."""
-    from attention_zoo_plugins import cross
+    from attention_zoo_plugins.variants import cross
 
     registry.load_plugin(cross, name="cross", distribution="attention-zoo")
     registry.load_plugin(_load_example_plugin(), name="gated-cross", distribution="zoo-example-gated-cross")

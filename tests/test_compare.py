@@ -22,7 +22,8 @@ BUILTIN = ("recall", "global", "aligned", "memory", "retrieval")
 @pytest.fixture
 def compare_registry(registry, monkeypatch):
     """A fresh registry with cross, selfdoc, retro and the built-in tasks; a tiny tier."""
-    from attention_zoo_plugins import cross, retro, selfdoc, tasks
+    from attention_zoo_plugins import retro, tasks
+    from attention_zoo_plugins.variants import cross, selfdoc
 
     for mod, name in ((cross, "cross"), (selfdoc, "selfdoc"), (retro, "retro"), (tasks, "tasks")):
         registry.load_plugin(mod, name=name)

@@ -14,7 +14,7 @@ import torch
 import zoo
 import zoo.config
 
-from attention_zoo_plugins import cross
+from attention_zoo_plugins.variants import cross
 
 
 def test_create_by_name_mapping_and_instance(cross_registry):

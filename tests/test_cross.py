@@ -1,4 +1,4 @@
-"""The `cross` variant (plugins/cross.py): oracles, peers, masks, errors."""
+"""The `cross` variant (plugins/variants/cross.py): oracles, peers, masks, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 
 import zoo
 
-from attention_zoo_plugins import cross
+from attention_zoo_plugins.variants import cross
 
 
 @pytest.fixture

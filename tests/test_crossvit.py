@@ -1,4 +1,4 @@
-"""The `crossvit` variant (plugins/crossvit.py): the official CrossAttention, laws, errors."""
+"""The `crossvit` variant (plugins/variants/crossvit.py): the official CrossAttention, laws, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 import zoo
 from zoo.harness.capabilities import resolve_capabilities
-from attention_zoo_plugins import crossvit
+from attention_zoo_plugins.variants import crossvit
 
 FIELDS = {"query_dim": 24, "context_dim": 32, "heads": 4, "dim_head": 8}
 

@@ -1,4 +1,4 @@
-"""The `film` variant (plugins/film.py): pooling, residual form, oracle, errors, laws, YAML."""
+"""The `film` variant (plugins/variants/film.py): pooling, residual form, oracle, errors, laws, YAML."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 import zoo
 
-from attention_zoo_plugins import film
+from attention_zoo_plugins.variants import film
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 

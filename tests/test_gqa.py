@@ -1,4 +1,4 @@
-"""The `gqa` variant (plugins/gqa.py): transformers' repeat_kv, no repeated K/V, laws, errors."""
+"""The `gqa` variant (plugins/variants/gqa.py): transformers' repeat_kv, no repeated K/V, laws, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import zoo
-from attention_zoo_plugins import gqa
+from attention_zoo_plugins.variants import gqa
 from zoo.functional import split_heads
 
 FIELDS = {"query_dim": 32, "context_dim": 24, "heads": 8, "dim_head": 4}

@@ -10,7 +10,7 @@ from typing import Literal
 import pytest
 
 import zoo
-from attention_zoo_plugins.cross import CrossConfig
+from attention_zoo_plugins.variants.cross import CrossConfig
 from zoo.harness import CHECK_IDS, SLOW_CHECK_IDS, CheckReport, check, planned_checks, render_table
 from zoo.harness.checks import CHECKS, DEFAULT_CHECK_IDS
 

@@ -1,4 +1,4 @@
-"""The `linear` variant (plugins/linear.py): the kernel formula, linear memory, laws, errors."""
+"""The `linear` variant (plugins/variants/linear.py): the kernel formula, linear memory, laws, errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from attention_zoo_plugins import linear
+from attention_zoo_plugins.variants import linear
 from zoo.functional import split_heads
 
 FIELDS = {"query_dim": 32, "context_dim": 24, "heads": 4, "dim_head": 8}

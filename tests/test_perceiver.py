@@ -1,4 +1,4 @@
-"""The `perceiver` variant (plugins/perceiver.py): transformers' PerceiverLayer, laws, errors."""
+"""The `perceiver` variant (plugins/variants/perceiver.py): transformers' PerceiverLayer, laws, errors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import zoo
-from attention_zoo_plugins import perceiver
+from attention_zoo_plugins.variants import perceiver
 
 FIELDS = {"query_dim": 32, "context_dim": 24, "heads": 4, "dim_head": 8, "bias": True}
 

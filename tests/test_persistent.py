@@ -1,4 +1,4 @@
-"""The `persistent` variant (plugins/persistent.py): oracle, memory, feed-forward view, errors, laws."""
+"""The `persistent` variant (plugins/variants/persistent.py): oracle, memory, feed-forward view, errors, laws."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 import zoo
 
-from attention_zoo_plugins import persistent
+from attention_zoo_plugins.variants import persistent
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 

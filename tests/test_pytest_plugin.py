@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch  # noqa: F401 - imported here so in-process pytester runs never re-import it
 
-import attention_zoo_plugins.cross  # noqa: F401 - likewise
+import attention_zoo_plugins.variants.cross  # noqa: F401 - likewise
 import zoo.harness.checks  # noqa: F401 - likewise
 from zoo.harness import CHECK_IDS
 
@@ -26,7 +26,7 @@ N_CROSS = len(CHECK_IDS) + 1  # + law:matches-multihead-attention
 
 # A plugin author's broken layer: cross whose dropout never acts.
 BROKEN_DROPOUT = textwrap.dedent("""
-    from attention_zoo_plugins.cross import SPEC, CrossAttention
+    from attention_zoo_plugins.variants.cross import SPEC, CrossAttention
 
     class NoDropout(CrossAttention):
         def forward(self, x, context=None, *, context_mask=None):
@@ -106,7 +106,7 @@ def test_unknown_expected_failure_key_is_an_error(pytester):
 def test_skipped_checks_are_pytest_skips(pytester):
     pytester.makepyfile(test_author="""
         import zoo
-        from attention_zoo_plugins.cross import SPEC
+        from attention_zoo_plugins.variants.cross import SPEC
         from zoo.testing import parametrize_with_checks
 
         NO_MASKS = SPEC.replace(capabilities=zoo.Capabilities(masks=False), laws=())
@@ -142,7 +142,7 @@ def test_slow_checks_need_the_flag(pytester):
 def test_zoo_registry_fixture_is_empty_and_isolated(pytester):
     pytester.makepyfile(test_author="""
         import zoo
-        from attention_zoo_plugins.cross import SPEC
+        from attention_zoo_plugins.variants.cross import SPEC
 
         def test_isolated(zoo_registry):
             assert zoo.list_variants() == []

@@ -15,7 +15,7 @@ import zoo
 from zoo.errors import PluginError
 from zoo.registry import Registry, use_registry
 
-from attention_zoo_plugins import cross
+from attention_zoo_plugins.variants import cross
 
 
 def _spec(name="toy", **kw):
@@ -349,7 +349,7 @@ def test_contract_only_plugins_pass_zoo_check_declaring_nothing(stranger_site, z
 
 
 def test_capabilities_are_inferred_and_declared_values_win():
-    from attention_zoo_plugins import selfdoc
+    from attention_zoo_plugins.variants import selfdoc
     from zoo.harness.capabilities import resolve_capabilities
 
     caps = zoo.Capabilities(context_order_invariant=False)  # declares only what cannot be observed
@@ -390,7 +390,7 @@ def test_builtin_names_win_and_the_loser_is_blamed(stranger_site, zoo_cli):
             "print(f.name, f.module.__module__, c.name, c.summary.startswith('squatter'))")
     env = {**os.environ, "PYTHONPATH": str(stranger_site)}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert res.stdout.split() == ["film", "attention_zoo_plugins.film", "cross", "False"], res.stderr
+    assert res.stdout.split() == ["film", "attention_zoo_plugins.variants.film", "cross", "False"], res.stderr
     plugins = zoo_cli("plugins", site=stranger_site)
     text = " ".join(plugins.stdout.split())
     rows = {ln.split()[0]: " ".join(ln.split()) for ln in plugins.stdout.splitlines() if ln[:1].strip()}

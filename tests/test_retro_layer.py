@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import zoo
-from attention_zoo_plugins.cross import CrossAttention
+from attention_zoo_plugins.variants.cross import CrossAttention
 from attention_zoo_plugins.retro import layer as retro_layer
 from attention_zoo_plugins.retro.layer import SPEC, ChunkedCrossAttention, make_inputs, reference
 

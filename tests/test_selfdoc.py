@@ -1,4 +1,4 @@
-"""The `selfdoc` variant (plugins/selfdoc.py): oracle, aligned masks, errors, laws, YAML."""
+"""The `selfdoc` variant (plugins/variants/selfdoc.py): oracle, aligned masks, errors, laws, YAML."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 import zoo
 
-from attention_zoo_plugins import selfdoc
+from attention_zoo_plugins.variants import selfdoc
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "configs"
 

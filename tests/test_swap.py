@@ -179,7 +179,7 @@ def test_film_in_place_of_cross_attention_starts_as_the_model_without_it():
 
 def test_a_layer_that_starts_as_the_identity_is_used_as_a_residual_update():
     """A third party's gated residual block (x + tanh(alpha) * attn, alpha = 0) that declares nothing."""
-    from attention_zoo_plugins.cross import CrossAttention, CrossConfig
+    from attention_zoo_plugins.variants.cross import CrossAttention, CrossConfig
     from typing import Literal
 
     class GatedConfig(CrossConfig):

@@ -16,9 +16,9 @@ VARIANTS = ("gqa", "linear", "perceiver", "crossvit")
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_no_assert_statement_in_the_plugin(name):
-    tree = ast.parse((ROOT / "plugins" / f"{name}.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "plugins" / "variants" / f"{name}.py").read_text(encoding="utf-8"))
     found = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Assert)]
-    assert not found, f"plugins/{name}.py uses assert at lines {found}: use zoo.testing.expect"
+    assert not found, f"plugins/variants/{name}.py uses assert at lines {found}: use zoo.testing.expect"
 
 
 UNDER_O = """

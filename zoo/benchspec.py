@@ -103,7 +103,9 @@ class BenchSpec:
         target: the promised ``zoo / baseline`` ratio of median times
             (default :data:`DEFAULT_TARGET` when there is a baseline).
         compare: another registered variant timed at the same workloads, for context
-            (a layer without attention against the attention it replaces, say).
+            (a layer without attention against the attention it replaces, say); ``True``:
+            the variant that stands for "an attention layer" (the first whose bench says
+            ``system``), so a plugin need not name another plugin.
         system: this variant stands for "an attention layer" in the system checks
             (memory scaling, GFLOP/s); the first registered one that says so is used.
     """
@@ -112,7 +114,7 @@ class BenchSpec:
     baseline: Callable[..., Any] | None = None
     baseline_label: str = "bare SDPA"
     target: float | None = None
-    compare: str | None = None
+    compare: str | bool | None = None
     system: bool = False
 
     def __post_init__(self) -> None:

@@ -40,6 +40,8 @@ from zoo.functional import (
 __all__ = [
     "MultiHeadFields",
     "MultiHeadBase",
+    "MultiHeadAttention",
+    "bare_multihead",
     "attend",
     "split_heads",
     "merge_heads",
@@ -169,3 +171,43 @@ class MultiHeadBase(nn.Module):
         Applies ``to_out[0]`` (the output projection) then ``to_out[1]`` (dropout).
         """
         return self.to_out[1](self.to_out[0](merge_heads(heads_out)))
+
+
+class MultiHeadAttention(MultiHeadBase):
+    """Plain multi-head attention on :class:`MultiHeadBase`'s parameters: queries from
+    ``x``, keys and values from the context (``x`` when it is ``None``).
+
+    A toolkit layer, not a registered variant: variants subclass it, or build it in a
+    law to compare against the plain computation with the same weights (its state dict
+    is any ``MultiHeadBase`` layer's with the same sizes).
+    """
+
+    def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
+        context = self.check_context(x, context, context_mask)
+        q = split_heads(self.to_q(x), self.heads)
+        k = split_heads(self.to_k(context), self.heads)
+        v = split_heads(self.to_v(context), self.heads)
+        return self.project_out(attend(q, k, v, context_mask))  # mask (B, M): shared by heads
+
+
+def bare_multihead(m: nn.Module, x: Tensor, context: Tensor, *, values: Tensor | None = None, **_) -> Tensor:
+    """What a user writes by hand for a :class:`MultiHeadBase` layer ``m``: ``F.linear``,
+    views and one ``scaled_dot_product_attention`` call on ``m``'s weights (no validation,
+    no mask); the bench's baseline (``zoo.BenchSpec(baseline=...)``).
+
+    Args:
+        m: a layer with ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` and ``heads``.
+        x: queries ``(B, N, Dq)``.
+        context: what ``to_k`` reads ``(B, M, Dc)``.
+        values: what ``to_v`` reads (default ``context``; e.g. ``x`` for values read from x).
+    """
+    import torch.nn.functional as F
+
+    def heads(t: Tensor) -> Tensor:
+        return t.unflatten(-1, (m.heads, -1)).transpose(1, 2)
+
+    q = heads(F.linear(x, m.to_q.weight, m.to_q.bias))
+    k = heads(F.linear(context, m.to_k.weight, m.to_k.bias))
+    v = heads(F.linear(context if values is None else values, m.to_v.weight, m.to_v.bias))
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
+    return F.linear(o, m.to_out[0].weight, m.to_out[0].bias)

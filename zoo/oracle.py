@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["naive_attention", "heads_view", "heads_merge", "linear"]
+__all__ = ["naive_attention", "heads_view", "heads_merge", "linear", "multihead_reference"]
 
 
 def naive_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
@@ -89,3 +89,22 @@ def linear(x: Tensor, layer: torch.nn.Linear) -> Tensor:
     if layer.bias is not None:
         out = out + layer.bias
     return out
+
+
+def multihead_reference(module: torch.nn.Module, x: Tensor, context: Tensor | None = None, *,
+                        context_mask: Tensor | None = None, values: Tensor | None = None) -> Tensor:
+    """The oracle of plain multi-head attention on a :class:`zoo.nn.MultiHeadBase` layer's
+    parameters (``to_q``, ``to_k``, ``to_v``, ``to_out.0``, ``heads``): every step written out.
+
+    Args:
+        module: the layer whose parameters to use (its ``forward`` is never called).
+        x: queries ``(B, N, Dq)``.
+        context: ``(B, M, Dc)``; ``None`` means ``x``.
+        context_mask: optional bool ``(B, M)``, True = may be attended.
+        values: what ``to_v`` reads (default: the context).
+    """
+    c = x if context is None else context
+    v_in = c if values is None else values
+    h = module.heads
+    q, k, v = (heads_view(linear(t, lin), h) for t, lin in ((x, module.to_q), (c, module.to_k), (v_in, module.to_v)))
+    return linear(heads_merge(naive_attention(q, k, v, context_mask)), module.to_out[0])

@@ -363,6 +363,13 @@ class Registry:
         spec = self.get(name)
         return {"plugin": spec.plugin, "distribution": spec.distribution}
 
+    def plugin_of(self, name: str) -> Any:
+        """The plugin object (the entry point's module) that registered variant ``name``,
+        for what the plugin ships beside its layer (RETRO's database); ``None`` for an
+        in-process :meth:`register`."""
+        plugin = self.provenance(name)["plugin"]
+        return None if plugin is None else self.pm.get_plugin(plugin)
+
     def plugins(self) -> list[PluginInfo]:
         """Every plugin seen, loaded or failed, sorted by name."""
         self._ensure_loaded()

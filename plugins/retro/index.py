@@ -30,8 +30,9 @@ them (measurements in benchmarks/RESULTS-retrieval.md)."""
 def _faiss():
     try:
         import faiss
-    except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency
-        raise ImportError("the RETRO database needs FAISS: pip install faiss-cpu") from exc
+    except ImportError as exc:
+        raise ImportError('the RETRO database needs FAISS, which comes with the extra [retro]: '
+                          'pip install "attention-zoo[retro]"') from exc
     return faiss
 
 

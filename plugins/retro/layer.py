@@ -25,7 +25,7 @@ from torch import Tensor
 import zoo
 from zoo.functional import attend, validate_mask, validate_tensor
 
-from zoo.nn import MultiHeadBase, MultiHeadFields
+from zoo.nn import MultiHeadAttention, MultiHeadBase, MultiHeadFields
 from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 from zoo.testing import expect
 
@@ -287,11 +287,9 @@ def _law_causality(spec, fields, generator):
 def _law_single_chunk_is_cross(spec, fields, generator):
     """With one chunk (m <= N < 2m), positions p >= m-1 equal ``cross`` over the
     chunk's K*R neighbour tokens with the same weights; earlier positions are zero."""
-    from attention_zoo_plugins.cross import CrossAttention
-
     layer = zoo.create(spec, **{**fields, "dropout": 0.0}).double().eval()
     m = layer.chunk_size
-    cross = CrossAttention(layer.query_dim, layer.context_dim, layer.heads, layer.to_q.out_features // layer.heads,
+    cross = MultiHeadAttention(layer.query_dim, layer.context_dim, layer.heads, layer.to_q.out_features // layer.heads,
                            bias=layer.to_q.bias is not None, out_bias=layer.to_out[0].bias is not None).double().eval()
     cross.load_state_dict(layer.state_dict(), strict=True)
     for n in sorted({m, 2 * m - 1}):

@@ -28,6 +28,7 @@ __all__ = ["Retrieval"]
 D, CHUNK, CHUNKS, K, LETTERS = 32, 8, 4, 2, 16
 N = CHUNK * CHUNKS  # tokens the model reads; a passage has one more chunk (the targets' tail)
 FIRST = ord("a")
+RETRO = "retro"  # the variant whose plugin builds the retrieval database
 SIZES = {True: (512, 128, 256), False: (4096, 512, 1024)}  # train / val / test passages, quick / full
 
 
@@ -51,12 +52,26 @@ class _LM(nn.Module):
         return self.out(h)
 
 
+def _retro_plugin():
+    """The plugin that registered ``retro`` (its database and embedders), reached through
+    the registry: the task names the variant it reads neighbours for, never imports it."""
+    from zoo.registry import default_registry
+
+    registry = default_registry()
+    plugin = registry.plugin_of(registry.get(RETRO).name)
+    if plugin is None or not hasattr(plugin, "RetroDatabase"):
+        raise ValueError(f"the retrieval task needs the plugin that registers {RETRO!r} with its "
+                         f"RetroDatabase (attention-zoo's built-in); variant {RETRO!r} came from "
+                         f"{registry.provenance(RETRO)}")
+    return plugin
+
+
 class _RetrievalProblem(zc.Problem):
     query_len, context_len, context_form = N, 2 * CHUNK, "neighbours"
 
     def __init__(self, seed: int, quick: bool) -> None:
-        from attention_zoo_plugins.retro import HashingEmbedder, RetroDatabase
-
+        retro = _retro_plugin()
+        RetroDatabase, HashingEmbedder = retro.RetroDatabase, retro.HashingEmbedder
         rng = np.random.default_rng(seed)
         n_train, n_val, n_test = SIZES[quick]
         total = n_train + n_val + n_test

@@ -132,9 +132,10 @@ def _time_case(case: Case, dtype_name: str, passes, *, repeat, budget_s, device,
         with torch.no_grad():
             diff, ok = _close(module(**inputs), bare_fn(module, **inputs))
     compare = None
-    if bench.compare and bench.compare in zoo.list_variants():
+    compare_name = _system_variant() if bench.compare is True else bench.compare
+    if compare_name and compare_name in zoo.list_variants():
         try:  # context only: a comparison that cannot be built is left out
-            compare, cinputs = build(zoo.get_variant(bench.compare), case.workload, dtype=dtype, device=device)
+            compare, cinputs = build(zoo.get_variant(compare_name), case.workload, dtype=dtype, device=device)
         except Exception:  # noqa: BLE001
             compare = None
     params = list(module.parameters())
@@ -169,7 +170,7 @@ def _time_case(case: Case, dtype_name: str, passes, *, repeat, budget_s, device,
             compare.train(p != "fwd")
             cs = interleaved({"c": workload(compare, list(compare.parameters()), cinputs, p)},
                              repeat=max(3, repeat // 3), warmup=1, device=device)
-            row["compare"] = {"variant": bench.compare, "ms": round(cs["c"].ms, 3),
+            row["compare"] = {"variant": compare_name, "ms": round(cs["c"].ms, 3),
                               "ratio": round(s["zoo"].median / cs["c"].median, 4)}
         rows.append(row)
     prog.step(what)

@@ -3,7 +3,7 @@ built-in alias ``cross-attention``, one with the alias ``film``; and one honest 
 
 
 import zoo
-from attention_zoo_plugins.cross import SPEC as CROSS
+from attention_zoo_plugins.variants.cross import SPEC as CROSS
 
 
 def _copy(name, **changes):

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 import zoo
 from zoo.functional import attend, split_heads
 
-from zoo.nn import MultiHeadBase, MultiHeadFields
+from zoo.nn import MultiHeadAttention, MultiHeadBase, MultiHeadFields
 from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 from zoo.testing import expect
 
@@ -284,12 +284,10 @@ def _rand_mask(generator, b, m):
 
 def _law_no_memory_is_cross(spec, fields, generator):
     """num_memory=0: the layer equals ``cross`` loaded with the same weights."""
-    from attention_zoo_plugins.cross import CrossAttention
-
     fields = {**fields, "num_memory": 0, "memory_only": False, "dropout": 0.0}
     layer = zoo.create(spec, **fields).double().eval()
     cross_fields = {k: v for k, v in fields.items() if k not in ("num_memory", "memory_only")}
-    cross = CrossAttention(**cross_fields).double().eval()
+    cross = MultiHeadAttention(**cross_fields).double().eval()
     state = {k: v for k, v in layer.state_dict().items() if not k.startswith("memory_")}
     cross.load_state_dict(state)
     x = torch.randn(3, 5, layer.query_dim, generator=generator, dtype=torch.float64)

@@ -12,10 +12,8 @@ import torch
 from torch import Tensor, nn
 
 import zoo
-from zoo.functional import attend, split_heads
-
-from zoo.nn import MultiHeadBase, MultiHeadFields
-from zoo.oracle import heads_merge, heads_view, linear, naive_attention
+from zoo.nn import MultiHeadAttention, MultiHeadFields, bare_multihead
+from zoo.oracle import multihead_reference
 from zoo.testing import expect
 
 
@@ -25,7 +23,7 @@ class CrossConfig(MultiHeadFields):
     variant: Literal["cross"] = "cross"
 
 
-class CrossAttention(MultiHeadBase):
+class CrossAttention(MultiHeadAttention):
     r"""Multi-head cross-attention: queries from ``x``, keys and values from ``context``.
 
     .. math:: \operatorname{softmax}\!\big(d^{-1/2} (x W_q)(c W_k)^\top\big)(c W_v)\,W_o
@@ -49,22 +47,14 @@ class CrossAttention(MultiHeadBase):
         - output: ``(B, N, Dq)``
 
         where B is the batch size, N the query length, M the context length.
-    """
 
-    def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
-        context = self.check_context(x, context, context_mask)
-        q = split_heads(self.to_q(x), self.heads)
-        k = split_heads(self.to_k(context), self.heads)
-        v = split_heads(self.to_v(context), self.heads)
-        return self.project_out(attend(q, k, v, context_mask))  # mask (B, M): shared by heads
+    ``forward`` is :class:`zoo.nn.MultiHeadAttention`'s: the toolkit's plain multi-head attention.
+    """
 
 
 def reference(module: CrossAttention, x: Tensor, context: Tensor | None = None, *, context_mask=None) -> Tensor:
     """Naive oracle: every step written out, the score matrix materialised."""
-    c = x if context is None else context
-    h = module.heads
-    q, k, v = (heads_view(linear(t, lin), h) for t, lin in ((x, module.to_q), (c, module.to_k), (c, module.to_v)))
-    return linear(heads_merge(naive_attention(q, k, v, context_mask)), module.to_out[0])
+    return multihead_reference(module, x, context, context_mask=context_mask)
 
 
 def _law_matches_multihead_attention(spec, fields, generator):
@@ -129,20 +119,10 @@ def zoo_register_variants(register):
 # --------------------------------------------------------------------------- benchmark (`zoo bench`)
 
 
-def bare_sdpa(m: CrossAttention, x: Tensor, context: Tensor, *, values: Tensor | None = None, **_) -> Tensor:
+def bare_sdpa(m: CrossAttention, x: Tensor, context: Tensor, **_) -> Tensor:
     """What a user writes by hand: diffusers' ``Attention`` on the same weights, with
-    ``F.linear``, views and one ``scaled_dot_product_attention`` call (no validation).
-    ``values``: the tensor ``to_v`` reads (default ``context``; SelfDoc passes ``x``)."""
-    import torch.nn.functional as F
-
-    def heads(t: Tensor) -> Tensor:
-        return t.unflatten(-1, (m.config.heads, -1)).transpose(1, 2)
-
-    q = heads(F.linear(x, m.to_q.weight, m.to_q.bias))
-    k = heads(F.linear(context, m.to_k.weight, m.to_k.bias))
-    v = heads(F.linear(context if values is None else values, m.to_v.weight, m.to_v.bias))
-    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
-    return F.linear(o, m.to_out[0].weight, m.to_out[0].bias)
+    ``F.linear``, views and one ``scaled_dot_product_attention`` call (no validation)."""
+    return bare_multihead(m, x, context)
 
 
 SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=zoo.STANDARD_SHAPES, baseline=bare_sdpa, system=True))

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 import zoo
-from zoo.nn import MultiHeadBase, MultiHeadFields, attend, split_heads
+from zoo.nn import MultiHeadAttention, MultiHeadBase, MultiHeadFields, attend, split_heads
 from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 from zoo.testing import expect
 
@@ -151,20 +151,16 @@ def _compare(layer, cross, generator, what):
 
 def _law_all_kv_heads_is_cross(spec, fields, generator):
     """kv_heads == heads: the layer is ``cross`` (the state dict loads strictly)."""
-    from attention_zoo_plugins.cross import CrossAttention
-
     fields = {**fields, "dropout": 0.0}
     fields["kv_heads"] = fields.get("heads", 8)
     layer = zoo.create(spec, **fields).double().eval()
-    cross = CrossAttention(**{k: v for k, v in fields.items() if k != "kv_heads"}).double().eval()
+    cross = MultiHeadAttention(**{k: v for k, v in fields.items() if k != "kv_heads"}).double().eval()
     cross.load_state_dict(layer.state_dict(), strict=True)
     _compare(layer, cross, generator, "with kv_heads == heads it is not cross with the same weights")
 
 
 def _law_one_kv_head_is_multi_query(spec, fields, generator):
     """kv_heads == 1: every query head reads the same K and V (cross with K/V copied to all heads)."""
-    from attention_zoo_plugins.cross import CrossAttention
-
     fields = {**fields, "dropout": 0.0, "kv_heads": 1}
     layer = zoo.create(spec, **fields).double().eval()
     d = fields.get("dim_head", 64)
@@ -172,7 +168,7 @@ def _law_one_kv_head_is_multi_query(spec, fields, generator):
         width = getattr(layer, name).weight.shape[0]
         expect(width == d,
                f"with kv_heads=1, {name} must have one head's width dim_head={d} outputs, has {width}")
-    cross = CrossAttention(**{k: v for k, v in fields.items() if k != "kv_heads"}).double().eval()
+    cross = MultiHeadAttention(**{k: v for k, v in fields.items() if k != "kv_heads"}).double().eval()
     state = dict(layer.state_dict())
     for name in ("to_k", "to_v"):  # the one head's rows, repeated for every query head
         state[f"{name}.weight"] = state[f"{name}.weight"].repeat(layer.heads, 1)

@@ -16,7 +16,7 @@ from torch import Tensor
 import zoo
 from zoo.functional import attend, split_heads, validate_mask
 
-from zoo.nn import MultiHeadBase, MultiHeadFields
+from zoo.nn import MultiHeadAttention, MultiHeadBase, MultiHeadFields, bare_multihead
 from zoo.oracle import heads_merge, heads_view, linear, naive_attention
 from zoo.testing import expect
 
@@ -130,11 +130,9 @@ def make_inputs(module, *, batch, query_len, context_len, generator, dtype):
 
 def _law_context_x_is_self_attention(spec, fields, generator):
     """selfdoc(x, context=x) equals multi-head self-attention with the same q/k/v/out weights."""
-    from attention_zoo_plugins.cross import CrossAttention
-
     fields = {**fields, "dropout": 0.0, "context_dim": None}
     layer = zoo.create(spec, **fields).double().eval()
-    self_attn = CrossAttention(**fields).double().eval()
+    self_attn = MultiHeadAttention(**fields).double().eval()
     self_attn.load_state_dict(layer.state_dict())  # same keys; to_k is the self-attention key projection
     x = torch.randn(3, 6, layer.query_dim, generator=generator, dtype=torch.float64)
     mask = torch.rand(3, 6, generator=generator, dtype=torch.float64) > 0.4
@@ -236,10 +234,8 @@ def zoo_register_variants(register):
 
 def bare_sdpa(m: SelfDocAttention, x: Tensor, context: Tensor, **_) -> Tensor:
     """SelfDoc by hand: queries and values from ``x``, keys from the aligned context, one
-    ``scaled_dot_product_attention`` call on the same weights (``cross``'s twin, values from x)."""
-    from attention_zoo_plugins.cross import bare_sdpa as cross_by_hand
-
-    return cross_by_hand(m, x, context, values=x)
+    ``scaled_dot_product_attention`` call on the same weights (the toolkit's multi-head twin, values from x)."""
+    return bare_multihead(m, x, context, values=x)
 
 
 # N == M: only the long workload applies

@@ -1,0 +1,168 @@
+"""Plugins stand alone: no built-in plugin imports another, RETRO's FAISS is an extra that
+nothing else loads, and the built-ins sit in folders named for what they are."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = ROOT / "plugins"
+PACKAGE = "attention_zoo_plugins"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PLUGINS).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join((PACKAGE, *parts))
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, anywhere in the file (inside functions too), with
+    relative imports resolved against its own package."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import module`
+    return found
+
+
+def plugin_units() -> dict[str, str]:
+    """Entry-point name -> module, for the built-in plugins (a unit is that module or package)."""
+    return dict(PYPROJECT["project"]["entry-points"]["zoo"].items())
+
+
+def unit_of(module: str, units: dict[str, str]) -> str | None:
+    for name, root in units.items():
+        if module == root or module.startswith(root + "."):
+            return name
+    return None
+
+
+def crossings(units: dict[str, str]) -> list[str]:
+    hits = []
+    for path in sorted(PLUGINS.rglob("*.py")):
+        own = unit_of(_module_name(path), units)
+        for target in sorted(imported_modules(path)):
+            other = unit_of(target, units)
+            if other is not None and other != own:
+                hits.append(f"{path.relative_to(ROOT)} ({own}) imports {target} ({other})")
+    return hits
+
+
+def test_no_plugin_module_imports_another_plugin():
+    hits = crossings(plugin_units())
+    assert not hits, "a plugin leans on another (move what they share into zoo.nn / zoo.oracle):\n" + "\n".join(hits)
+
+
+def test_the_import_scan_sees_every_form_of_import(tmp_path, monkeypatch):
+    """The detector itself: absolute, relative and in-function imports of another unit are found."""
+    fake = tmp_path / "plugins"
+    (fake / "variants").mkdir(parents=True)
+    (fake / "variants" / "__init__.py").write_text("")
+    (fake / "variants" / "a.py").write_text(textwrap.dedent("""
+        import zoo
+        from . import b
+        def law():
+            from attention_zoo_plugins.variants.c import thing
+        """))
+    (fake / "variants" / "b.py").write_text("from .a import x\n")
+    (fake / "variants" / "c.py").write_text("import attention_zoo_plugins.variants.c\n")
+    monkeypatch.setattr(sys.modules[__name__], "PLUGINS", fake)
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    units = {n: f"{PACKAGE}.variants.{n}" for n in "abc"}
+    hits = crossings(units)
+    assert any("a.py (a) imports attention_zoo_plugins.variants.b (b)" in h for h in hits), hits
+    assert any("a.py (a) imports attention_zoo_plugins.variants.c (c)" in h for h in hits), hits
+    assert any("b.py (b) imports attention_zoo_plugins.variants.a (a)" in h for h in hits), hits
+    assert not any(h.startswith("plugins/variants/c.py") for h in hits), "a module may import itself"
+
+
+def test_builtins_sit_in_folders_named_for_what_they_are():
+    """Variants under variants/ (RETRO: its own package), adapters under adapters/, tasks under tasks/."""
+    for name, module in plugin_units().items():
+        kind = module.split(".")[1]
+        if name.endswith("-adapter"):
+            assert kind == "adapters", (name, module)
+        elif name == "tasks":
+            assert kind == "tasks", (name, module)
+        else:
+            assert kind in ("variants", "retro"), (name, module)
+    assert not [p.name for p in PLUGINS.glob("*.py") if p.name != "__init__.py"], "a loose module in plugins/"
+
+
+def test_faiss_is_retros_extra_not_a_core_dependency():
+    project = PYPROJECT["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("faiss")]
+    extras = project["optional-dependencies"]
+    assert [d for d in extras["retro"] if d.startswith("faiss-cpu")]
+    assert "attention-zoo[retro]" in extras["dev"]
+
+
+# A process in which `import faiss` fails, as on an install without the extra [retro].
+_NO_FAISS = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "faiss" or name.startswith("faiss."):
+            raise ImportError("No module named 'faiss' (blocked by the test)")
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _NO_FAISS + textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_without_faiss_every_variant_lists_builds_and_runs():
+    res = _run("""
+        import torch, zoo
+        for name in zoo.list_variants():
+            spec = zoo.get_variant(name)
+            fields = spec.example_configs()[0]
+            layer = zoo.create(spec, **fields)
+            inputs = spec.make_inputs(layer, batch=1, query_len=8, context_len=8,
+                                      generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+            layer(**inputs)
+        assert {"cross", "retro", "film", "gqa"} <= set(zoo.list_variants()), zoo.list_variants()
+        assert "faiss" not in sys.modules, sorted(m for m in sys.modules if "faiss" in m)
+        print("ok")
+        """)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_without_faiss_the_database_names_the_extra():
+    res = _run("""
+        import numpy as np
+        import attention_zoo_plugins.retro as retro
+        try:
+            retro.RetroDatabase.build([np.arange(64)], chunk_size=8, embedder=retro.HashingEmbedder(dim=16),
+                                      progress=False)
+        except ImportError as exc:
+            print(exc)
+        """)
+    assert res.returncode == 0, res.stderr
+    assert 'pip install "attention-zoo[retro]"' in res.stdout, res.stdout + res.stderr
