@@ -178,7 +178,7 @@ def test_the_import_graph_keeps_the_architecture():
 
 
 @pytest.mark.parametrize("target, line, rule", [
-    ("zoo/harness/numeric.py", "from attention_zoo_plugins.cross import CrossAttention", "built-in plugin"),
+    ("zoo/harness/numeric.py", "from attention_zoo_plugins.variants.cross import CrossAttention", "built-in plugin"),
     ("zoo/io.py", "from zoo import cli", "command-line module zoo.cli"),
     ("zoo/harness/report.py", "from zoo.harness.cli import run", "command-line module zoo.harness.cli"),
     ("zoo/harness/report.py", "from .cli import run", "command-line module zoo.harness.cli"),

@@ -331,7 +331,7 @@ class _Crashes(torch.nn.Module):
 
 def test_a_run_whose_every_workload_crashed_exits_1(registry, capsys):
     """Failed work is never exit 0, with or without --strict."""
-    from attention_zoo_plugins import cross
+    from attention_zoo_plugins.variants import cross
 
     from zoo.cli import main
 

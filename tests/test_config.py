@@ -257,7 +257,9 @@ def test_frozen_config_survives_copies_and_leaves_plain_modules_alone(cross_regi
     assert clone.config == layer.config
     with pytest.raises(AttributeError, match="frozen"):
         clone.config = None
-    bare = cross.CrossAttention(16, heads=2, dim_head=4)  # not built by zoo.create
+    from zoo.nn import MultiHeadAttention
+
+    bare = MultiHeadAttention(16, heads=2, dim_head=4)  # not a declared variant, not built by zoo.create
     assert getattr(bare, "config", None) is None
     bare.config = layer.config  # the first assignment is allowed (e.g. a classmethod constructor)
     assert bare.config is layer.config
@@ -281,7 +283,7 @@ def test_widths_are_numbers_not_bool_likes_or_bytes(cross_registry, value):
 def test_messages_about_huge_inputs_stay_short(registry):
     """A mapping of 200,000 keys, a 52 KB config and hundreds of registered names each give a
     message of a line or two, not megabytes."""
-    from attention_zoo_plugins import cross
+    from attention_zoo_plugins.variants import cross
 
     registry.load_plugin(cross, name="cross", distribution="attention-zoo")
     keys = {str(i): 0 for i in range(200_000)}
@@ -294,3 +296,15 @@ def test_messages_about_huge_inputs_stay_short(registry):
     with pytest.raises(zoo.UnknownVariantError) as info:
         zoo.get_variant("q" * 5_000)
     assert len(str(info.value)) < 1_000, len(str(info.value))
+
+
+def test_a_declared_layer_built_directly_carries_its_validated_config(cross_registry):
+    """``@zoo.variant``: ``Layer(**fields)`` is validated by the config, defaults filled once."""
+    direct = cross.CrossAttention(16, heads=2, dim_head=4)
+    assert direct.config == zoo.create("cross", query_dim=16, heads=2, dim_head=4).config
+    with pytest.raises(ValueError, match="heads"):
+        cross.CrossAttention(16, heads=0)
+    with pytest.raises(ValueError, match="unknown field"):
+        cross.CrossAttention(16, head=2)
+    with pytest.raises(AttributeError, match="frozen"):
+        direct.config = direct.config.model_copy(update={"heads": 4})

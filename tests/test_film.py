@@ -204,9 +204,10 @@ def test_identity_law_fails_without_the_residual_one(monkeypatch):
 def test_identity_at_init_law_fails_with_default_init(monkeypatch):
     real_init = film.FiLM.__init__
 
-    def default_init(self, query_dim, context_dim=None, residual=True):
-        real_init(self, query_dim, context_dim, residual=False)
-        self.residual = residual
+    def default_init(self, *args, **kwargs):  # the residual form without its zero initialisation
+        real_init(self, *args, **kwargs)
+        torch.nn.init.normal_(self.to_scale_shift.weight)
+        torch.nn.init.normal_(self.to_scale_shift.bias)
 
     monkeypatch.setattr(film.FiLM, "__init__", default_init)
     with pytest.raises(AssertionError, match="should be the identity"):

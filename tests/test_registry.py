@@ -96,7 +96,7 @@ class _Thief:
 
 @pytest.mark.parametrize("strict", [False, True])
 def test_a_plugin_cannot_take_a_name_by_unregistering_it(strict):
-    from attention_zoo_plugins import cross as builtin
+    from attention_zoo_plugins.variants import cross as builtin
 
     from zoo.registry import Registry, use_registry
 
@@ -223,7 +223,7 @@ def test_an_unexpected_error_while_loading_never_leaves_an_empty_registry(monkey
 @pytest.mark.parametrize("name", ["cross\n", "cross\r", "cross ", "\ncross"])
 def test_names_are_whole_strings(registry, name):
     """A trailing newline is not part of a valid name ("cross\n" would list as a look-alike)."""
-    from attention_zoo_plugins.cross import SPEC
+    from attention_zoo_plugins.variants.cross import SPEC
 
     with pytest.raises((ValueError, zoo.RegistrationError)):
         registry.register(SPEC.replace(name=name))

@@ -56,7 +56,24 @@ def test_a_new_variant_fits_in_fifty_lines_of_code():
     assert n <= 50, f"{FIFTY.name} has {n} lines of code; the guide promises at most 50"
     tree = ast.parse(FIFTY.read_text(encoding="utf-8"))
     names = {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
-    assert {"zoo_register_variants", "reference"} <= names  # hook and oracle, with config and layer
+    assert "reference" in names and "zoo_register_variants" not in names  # the declaration registers it
+    declared = [n.name for n in tree.body if isinstance(n, ast.ClassDef)
+                and any("zoo.variant" in ast.unparse(d) for d in n.decorator_list)]
+    assert declared == ["QKNormAttention"], "the layer is declared once, with @zoo.variant"
+    assert "Literal" not in FIFTY.read_text(encoding="utf-8"), "the variant literal follows from the declaration"
+
+
+def test_the_fifty_line_variants_own_field_is_validated_and_used(registry):
+    """One real config field (``eps``), declared once: validated, defaulted, reaching the layer."""
+    module = _load_fifty()
+    registry.load_plugin(module, name="fifty-lines", distribution="example")
+    assert zoo.create("qk-norm", query_dim=8, eps=1e-3).norm_k.eps == 1e-3
+    assert zoo.create("qk-norm", query_dim=8).norm_q.eps == module.QKNormConfig.model_fields["eps"].default
+    with pytest.raises(ValueError, match="eps"):
+        zoo.create("qk-norm", query_dim=8, eps=0)
+    direct = module.QKNormAttention(query_dim=8, eps=1e-2)  # built as zoo.create builds it
+    assert direct.config == zoo.create("qk-norm", query_dim=8, eps=1e-2).config
+    assert zoo.get_variant("qk-norm").config.model_fields["variant"].default == "qk-norm"
 
 
 def test_the_fifty_line_variant_registers_and_passes_the_harness(registry):
@@ -82,7 +99,7 @@ def test_the_harness_catches_a_broken_copy(registry):
             v = zoo.nn.split_heads(self.to_v(context), self.heads)
             return self.project_out(zoo.nn.attend(q, k, v, context_mask))
 
-    report = zoo.check(module.SPEC.replace(module=Broken), checks=["oracle-forward"])
+    report = zoo.check(module.QKNormAttention.spec.replace(module=Broken), checks=["oracle-forward"])
     assert not report.passed
     assert any(r.status == "failed" and "oracle" in r.check for r in report.results)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from zoo.benchspec import STANDARD_SHAPES, BenchShape, BenchSpec, Workload
 from zoo.config import AttentionConfig, VariantConfig, create, load_config
+from zoo.declare import declare_variant, variant
 from zoo.errors import PluginError, RegistrationError, UnknownVariantError
 from zoo.hookspecs import hookimpl
 from zoo.io import load, save
@@ -39,6 +40,7 @@ __all__ = [
     "Workload",
     "check",
     "create",
+    "declare_variant",
     "get_variant",
     "hookimpl",
     "list_variants",
@@ -52,6 +54,7 @@ __all__ = [
     "SwapReport",
     "SwapTarget",
     "unregister",
+    "variant",
 ]
 
 

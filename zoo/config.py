@@ -227,7 +227,10 @@ def create(spec: Any, /, **overrides: Any) -> torch.nn.Module:
     config = parse_config({**data, **overrides}, variant_spec)
     if variant_spec is None:
         variant_spec = default_registry().get(config.variant)
-    module = variant_spec.module(**config.fields())
+    from zoo.declare import building
+
+    with building(config):
+        module = variant_spec.module(**config.fields())
     freeze_config(module, config)
     return module
 
@@ -255,7 +258,7 @@ class _ConfigSlot:
 
     def __set__(self, obj: Any, value: Any) -> None:
         current = obj.__dict__.get("_zoo_config")
-        if current is not None and current is not value:
+        if current is not None and current is not value and current != value:
             raise FrozenConfigError(
                 f"{type(obj).__name__}.config is frozen: the layer was built from its config "
                 f"and does not reread it. Build a new layer instead: "

@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -48,6 +49,7 @@ import pluggy
 
 from zoo import hookspecs
 from zoo.entrypoints import ENTRY_POINT_GROUP, allowed, precedence, seconds_from_env
+from zoo.declare import declared_in
 from zoo.errors import PluginError, RegistrationError, UnknownVariantError
 from zoo.spec import VariantSpec, validate_spec
 
@@ -262,6 +264,9 @@ class Registry:
         return self.pm.subset_hook_caller(hook, remove_plugins=others)
 
     def _call_register_hook(self, obj: Any, info: PluginInfo) -> None:
+        if isinstance(obj, types.ModuleType):  # variants declared with @zoo.variant need no hook
+            for spec in declared_in(obj.__name__):
+                self._register_from_plugin(spec, info)
         impls = [i for i in self.pm.hook.zoo_register_variants.get_hookimpls() if i.plugin is obj]
         for impl in impls:
             if impl.tryfirst or impl.trylast:

@@ -70,11 +70,6 @@ def __dir__() -> list[str]:
 
 
 @zoo.hookimpl
-def zoo_register_variants(register):
-    register(SPEC)
-
-
-@zoo.hookimpl
 def zoo_register_commands(subparsers):
     from attention_zoo_plugins.retro.cli import add_commands
 

@@ -15,7 +15,6 @@ position never sees the neighbours of a chunk that is not yet complete.
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,6 @@ __all__ = ["RetroConfig", "ChunkedCrossAttention", "reference", "make_inputs", "
 class RetroConfig(MultiHeadFields):
     """Config of :class:`ChunkedCrossAttention`."""
 
-    variant: Literal["retro"] = "retro"
     chunk_size: int = Field(
         64, gt=0, description="Tokens per chunk (m); neighbours are retrieved per chunk (RETRO: 64)."
     )
@@ -104,20 +102,8 @@ class ChunkedCrossAttention(MultiHeadBase):
     trillions of tokens", 2021, arXiv:2112.04426.
     """
 
-    def __init__(
-        self,
-        query_dim: int,
-        context_dim: int | None = None,
-        heads: int = 8,
-        dim_head: int = 64,
-        bias: bool = False,
-        out_bias: bool = True,
-        dropout: float = 0.0,
-        chunk_size: int = 64,
-    ) -> None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-        super().__init__(query_dim, context_dim, heads, dim_head, bias, out_bias, dropout)
+    def __init__(self, *, chunk_size: int, **fields) -> None:  # the fields of RetroConfig, validated by it
+        super().__init__(**fields)
         self.chunk_size = chunk_size
 
     def extra_repr(self) -> str:
@@ -306,41 +292,6 @@ def _law_single_chunk_is_cross(spec, fields, generator):
         expect(ours[:, : m - 1].abs().max().item() == 0.0 if m > 1 else True, "positions p < m-1 must be zero")
 
 
-SPEC = zoo.VariantSpec(
-    name="retro",
-    aliases=("retro-cca", "chunked-cross-attention"),
-    module=ChunkedCrossAttention,
-    config=RetroConfig,
-    summary="RETRO chunked cross-attention: each chunk's window attends to its retrieved neighbours.",
-    paper=('Borgeaud et al., "Improving language models by retrieving from trillions of tokens", '
-           "2021, arXiv:2112.04426"),
-    make_inputs=make_inputs,
-    examples=(
-        {"query_dim": 16, "context_dim": 12, "heads": 2, "dim_head": 8, "chunk_size": 4},
-        {"query_dim": 16, "heads": 2, "dim_head": 8, "chunk_size": 3, "bias": True, "dropout": 0.25},
-    ),
-    reference=reference,
-    capabilities=zoo.Capabilities(
-        self_attention=False,
-        context_required=True,
-        query_order_equivariant=False,
-        context_order_invariant=True,
-        context_set_axes=(2, 3),
-        chunk_causal=True,
-    ),
-    laws=(
-        zoo.Law("causality", "perturbing the neighbours of chunk u leaves every earlier position unchanged",
-                _law_causality),
-        zoo.Law("single-chunk-is-cross", "with one chunk, equals cross over its K*R neighbour tokens",
-                _law_single_chunk_is_cross),
-    ),
-    equation=(r"\mathrm{CCA}(x,E)_p = \mathrm{softmax}\left(\frac{(x_pW_q)(E_uW_k)^\top}{\sqrt{d}}\right)"
-              r"(E_uW_v)\,W_o,\quad u=\left\lfloor\frac{p-m+1}{m}\right\rfloor,\ p\ge m-1;\ 0 \text{ otherwise}"),
-    complexity="O(N·K·R·h·d) time, O((N+L·K·R)·h·d) memory",
-    context_shape="(B, L, K, R, Dc): L = N // chunk_size chunks of x, K neighbours retrieved per chunk, R tokens per neighbour; in RETRO a neighbour is a chunk and its continuation, R = 2 * chunk_size",
-)
-
-
 # --------------------------------------------------------------------------- benchmark (`zoo bench`)
 
 
@@ -379,4 +330,36 @@ BENCH_SHAPE = zoo.BenchShape(
     quick=_retro_workload(1, 512, 2, 128, 512, 8, 64, 64),
     tiny=_retro_workload(1, 32, 2, 4, 32, 2, 16, 8),
 )
-SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=(BENCH_SHAPE,), baseline=bare_sdpa, target=1.10))
+SPEC = zoo.declare_variant(
+    ChunkedCrossAttention, "retro",
+    aliases=("retro-cca", "chunked-cross-attention"),
+    config=RetroConfig,
+    summary="RETRO chunked cross-attention: each chunk's window attends to its retrieved neighbours.",
+    paper=('Borgeaud et al., "Improving language models by retrieving from trillions of tokens", '
+           "2021, arXiv:2112.04426"),
+    make_inputs=make_inputs,
+    examples=(
+        {"query_dim": 16, "context_dim": 12, "heads": 2, "dim_head": 8, "chunk_size": 4},
+        {"query_dim": 16, "heads": 2, "dim_head": 8, "chunk_size": 3, "bias": True, "dropout": 0.25},
+    ),
+    reference=reference,
+    capabilities=zoo.Capabilities(
+        self_attention=False,
+        context_required=True,
+        query_order_equivariant=False,
+        context_order_invariant=True,
+        context_set_axes=(2, 3),
+        chunk_causal=True,
+    ),
+    laws=(
+        zoo.Law("causality", "perturbing the neighbours of chunk u leaves every earlier position unchanged",
+                _law_causality),
+        zoo.Law("single-chunk-is-cross", "with one chunk, equals cross over its K*R neighbour tokens",
+                _law_single_chunk_is_cross),
+    ),
+    equation=(r"\mathrm{CCA}(x,E)_p = \mathrm{softmax}\left(\frac{(x_pW_q)(E_uW_k)^\top}{\sqrt{d}}\right)"
+              r"(E_uW_v)\,W_o,\quad u=\left\lfloor\frac{p-m+1}{m}\right\rfloor,\ p\ge m-1;\ 0 \text{ otherwise}"),
+    complexity="O(N·K·R·h·d) time, O((N+L·K·R)·h·d) memory",
+    context_shape="(B, L, K, R, Dc): L = N // chunk_size chunks of x, K neighbours retrieved per chunk, R tokens per neighbour; in RETRO a neighbour is a chunk and its continuation, R = 2 * chunk_size",
+    bench=zoo.BenchSpec(shapes=(BENCH_SHAPE,), baseline=bare_sdpa, target=1.10),
+)

@@ -6,7 +6,6 @@ Stable Diffusion conditions on text with (Rombach et al., 2022, arXiv:2112.10752
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -19,8 +18,6 @@ from zoo.testing import expect
 
 class CrossConfig(MultiHeadFields):
     """Config of :class:`CrossAttention`."""
-
-    variant: Literal["cross"] = "cross"
 
 
 class CrossAttention(MultiHeadAttention):
@@ -61,7 +58,8 @@ def _law_matches_multihead_attention(spec, fields, generator):
     """Same weights in torch.nn.MultiheadAttention (kdim/vdim) give the same output."""
     # MultiheadAttention's queries and output have its embed_dim = h*d, so compare on a
     # layer with query_dim = h*d built from the example's other fields.
-    inner = fields.get("heads", 8) * fields.get("dim_head", 64)
+    example = spec.config.model_validate(fields)  # the example's sizes, defaults filled
+    inner = example.heads * example.dim_head
     layer = zoo.create(spec, **{**fields, "query_dim": inner, "dropout": 0.0}).double().eval()
     mha = nn.MultiheadAttention(inner, layer.heads, kdim=layer.context_dim, vdim=layer.context_dim,
                                 batch_first=True, bias=True, dtype=torch.float64)
@@ -90,10 +88,18 @@ def _law_matches_multihead_attention(spec, fields, generator):
     expect(err < 1e-10, f"differs from torch.nn.MultiheadAttention with the same weights by {err:.2e}")
 
 
-SPEC = zoo.VariantSpec(
-    name="cross",
+# --------------------------------------------------------------------------- benchmark (`zoo bench`)
+
+
+def bare_sdpa(m: CrossAttention, x: Tensor, context: Tensor, **_) -> Tensor:
+    """What a user writes by hand: diffusers' ``Attention`` on the same weights, with
+    ``F.linear``, views and one ``scaled_dot_product_attention`` call (no validation)."""
+    return bare_multihead(m, x, context)
+
+
+SPEC = zoo.declare_variant(
+    CrossAttention, "cross",
     aliases=("cross-attention", "crossattention"),
-    module=CrossAttention,
     config=CrossConfig,
     summary="Standard multi-head cross-attention: Q from x, K and V from the context.",
     paper='Vaswani et al., "Attention Is All You Need", 2017, arXiv:1706.03762',
@@ -108,21 +114,5 @@ SPEC = zoo.VariantSpec(
     equation=r"\mathrm{softmax}\left(\frac{(xW_q)(cW_k)^\top}{\sqrt{d}}\right)(cW_v)\,W_o",
     complexity="O(N·M·h·d) time, O((N+M)·h·d) memory",
     context_shape="(B, M, Dc)",
+    bench=zoo.BenchSpec(shapes=zoo.STANDARD_SHAPES, baseline=bare_sdpa, system=True),
 )
-
-
-@zoo.hookimpl
-def zoo_register_variants(register):
-    register(SPEC)
-
-
-# --------------------------------------------------------------------------- benchmark (`zoo bench`)
-
-
-def bare_sdpa(m: CrossAttention, x: Tensor, context: Tensor, **_) -> Tensor:
-    """What a user writes by hand: diffusers' ``Attention`` on the same weights, with
-    ``F.linear``, views and one ``scaled_dot_product_attention`` call (no validation)."""
-    return bare_multihead(m, x, context)
-
-
-SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=zoo.STANDARD_SHAPES, baseline=bare_sdpa, system=True))

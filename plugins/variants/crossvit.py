@@ -7,7 +7,6 @@ Classification", ICCV 2021, arXiv:2103.14899 (official code: ``CrossAttention``,
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +20,6 @@ from zoo.testing import expect
 
 class CrossViTConfig(MultiHeadFields):
     """Config of :class:`CrossViTAttention`."""
-
-    variant: Literal["crossvit"] = "crossvit"
 
 
 class CrossViTAttention(MultiHeadBase):
@@ -59,10 +56,9 @@ class CrossViTAttention(MultiHeadBase):
         ``to_out.0`` Linear(h*d, Dc); ``revert_proj`` Linear(Dc, Dq).
     """
 
-    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
-                 bias: bool = False, out_bias: bool = True, dropout: float = 0.0) -> None:
+    def __init__(self, *, query_dim: int, context_dim: int | None, **fields) -> None:  # CrossViTConfig's fields
         width = context_dim or query_dim
-        super().__init__(width, width, heads, dim_head, bias, out_bias, dropout)  # attention in width Dc
+        super().__init__(query_dim=width, context_dim=width, **fields)  # attention in width Dc
         self.query_dim = query_dim
         self.proj = nn.Linear(query_dim, width)
         self.revert_proj = nn.Linear(width, query_dim)
@@ -179,10 +175,20 @@ def _law_patch_order_ignored(spec, fields, generator):
     expect(err < 1e-10, f"shuffling the other branch's patch tokens changed the output by {err:.2e}")
 
 
-SPEC = zoo.VariantSpec(
-    name="crossvit",
+#: CrossViT-B's fusion (240 px images): the small branch (12 px patches: CLS + 400 tokens of
+#: width 384) reads the large one (16 px patches: CLS + 196 tokens of width 768), 12 heads of 64.
+BENCH_SHAPES = (
+    zoo.BenchShape("crossvit-b", "CrossViT-B: CLS + 400 small-branch tokens read CLS + 196 large-branch tokens",
+                   full=zoo.Workload(32, 401, 196, {"query_dim": 384, "context_dim": 768, "heads": 12,
+                                                    "dim_head": 64}),
+                   quick=zoo.Workload(8, 401, 196, {"query_dim": 384, "context_dim": 768, "heads": 12,
+                                                    "dim_head": 64}),
+                   tiny=zoo.Workload(1, 5, 8, {"query_dim": 32, "context_dim": 48, "heads": 2, "dim_head": 8})),
+)
+
+SPEC = zoo.declare_variant(
+    CrossViTAttention, "crossvit",
     aliases=("crossvit-cls", "cls-cross-attention"),
-    module=CrossViTAttention,
     config=CrossViTConfig,
     summary="CrossViT's fusion: x's CLS token alone attends to the other branch's patch tokens.",
     paper=(
@@ -213,24 +219,7 @@ SPEC = zoo.VariantSpec(
     ),
     complexity="O(M·h·d) time and memory: one query per image, linear in the patches",
     context_shape="(B, M, Dc), M >= 2: the other branch's tokens, its CLS at position 0",
+    bench=zoo.BenchSpec(shapes=BENCH_SHAPES, baseline=bare, target=1.05),
 )
 
 
-
-#: CrossViT-B's fusion (240 px images): the small branch (12 px patches: CLS + 400 tokens of
-#: width 384) reads the large one (16 px patches: CLS + 196 tokens of width 768), 12 heads of 64.
-BENCH_SHAPES = (
-    zoo.BenchShape("crossvit-b", "CrossViT-B: CLS + 400 small-branch tokens read CLS + 196 large-branch tokens",
-                   full=zoo.Workload(32, 401, 196, {"query_dim": 384, "context_dim": 768, "heads": 12,
-                                                    "dim_head": 64}),
-                   quick=zoo.Workload(8, 401, 196, {"query_dim": 384, "context_dim": 768, "heads": 12,
-                                                    "dim_head": 64}),
-                   tiny=zoo.Workload(1, 5, 8, {"query_dim": 32, "context_dim": 48, "heads": 2, "dim_head": 8})),
-)
-
-SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=BENCH_SHAPES, baseline=bare, target=1.05))
-
-
-@zoo.hookimpl
-def zoo_register_variants(register):
-    register(SPEC)

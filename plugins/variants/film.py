@@ -18,7 +18,6 @@ When to prefer which:
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 from pydantic import Field
@@ -34,7 +33,6 @@ from zoo.testing import expect
 class FiLMConfig(zoo.VariantConfig):
     """Config of :class:`FiLM`."""
 
-    variant: Literal["film"] = "film"
     query_dim: int = Field(64, gt=0, description="Width of x, the modulated features (Dq).")
     context_dim: int | None = Field(
         None, gt=0, description="Width of the conditioning (Dc); None means query_dim."
@@ -94,7 +92,7 @@ class FiLM(nn.Module):
         AAAI 2018, arXiv:1709.07871.
     """
 
-    def __init__(self, query_dim: int, context_dim: int | None = None, residual: bool = True) -> None:
+    def __init__(self, *, query_dim: int, context_dim: int | None, residual: bool) -> None:  # FiLMConfig's fields
         super().__init__()
         context_dim = context_dim or query_dim
         self.query_dim, self.context_dim, self.residual = query_dim, context_dim, residual
@@ -243,10 +241,25 @@ def _law_sequence_is_its_masked_mean(spec, fields, generator):
     ))
 
 
-SPEC = zoo.VariantSpec(
-    name="film",
+# --------------------------------------------------------------------------- benchmark (`zoo bench`)
+
+
+def hand_written(m: FiLM, x: Tensor, context: Tensor, **_) -> Tensor:
+    """FiLM by hand on the same weights: ``(1 + gamma) * x + beta`` from the mean-pooled
+    context (no attention, so no SDPA: the baseline is the expression itself)."""
+    import torch.nn.functional as F
+
+    z = context.mean(dim=1) if context.ndim == 3 else context
+    gamma, beta = F.linear(z, m.to_scale_shift.weight, m.to_scale_shift.bias).unsqueeze(1).chunk(2, dim=-1)
+    if m.config.residual:
+        return x * (1 + gamma) + beta
+    return x * gamma + beta
+
+
+# Timed at the standard attention workloads, next to the attention layer it can replace.
+SPEC = zoo.declare_variant(
+    FiLM, "film",
     aliases=("feature-wise-linear-modulation",),
-    module=FiLM,
     config=FiLMConfig,
     summary="FiLM: per-feature scale and shift of x from a pooled conditioning vector (linear in N).",
     paper=(
@@ -286,29 +299,6 @@ SPEC = zoo.VariantSpec(
     ),
     complexity="O(N·Dq + M·Dc + Dc·Dq) time: linear in N, no N x M term",
     context_shape="(B, Dc) or (B, M, Dc) (masked mean over M)",
+    bench=zoo.BenchSpec(shapes=zoo.STANDARD_SHAPES, baseline=hand_written,
+        baseline_label="hand-written FiLM", compare=True),
 )
-
-
-@zoo.hookimpl
-def zoo_register_variants(register):
-    register(SPEC)
-
-
-# --------------------------------------------------------------------------- benchmark (`zoo bench`)
-
-
-def hand_written(m: FiLM, x: Tensor, context: Tensor, **_) -> Tensor:
-    """FiLM by hand on the same weights: ``(1 + gamma) * x + beta`` from the mean-pooled
-    context (no attention, so no SDPA: the baseline is the expression itself)."""
-    import torch.nn.functional as F
-
-    z = context.mean(dim=1) if context.ndim == 3 else context
-    gamma, beta = F.linear(z, m.to_scale_shift.weight, m.to_scale_shift.bias).unsqueeze(1).chunk(2, dim=-1)
-    if m.config.residual:
-        return x * (1 + gamma) + beta
-    return x * gamma + beta
-
-
-# Timed at the standard attention workloads, next to the attention layer it can replace.
-SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=zoo.STANDARD_SHAPES, baseline=hand_written,
-                                        baseline_label="hand-written FiLM", compare=True))

@@ -8,7 +8,6 @@ Multi-Query Transformer Models from Multi-Head Checkpoints", 2023, arXiv:2305.13
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,6 @@ def _validate_kv_heads(heads: int, kv_heads: int) -> None:
 class GQAConfig(MultiHeadFields):
     """Config of :class:`GroupedQueryAttention`."""
 
-    variant: Literal["gqa"] = "gqa"
     kv_heads: int = Field(
         1, gt=0,
         description="Number of key/value heads; divides heads. 1 = multi-query, heads = standard cross.",
@@ -71,13 +69,11 @@ class GroupedQueryAttention(MultiHeadBase):
         ``to_out.0`` Linear(h*d, Dq).
     """
 
-    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
-                 bias: bool = False, out_bias: bool = True, dropout: float = 0.0, kv_heads: int = 1) -> None:
-        _validate_kv_heads(heads, kv_heads)
-        super().__init__(query_dim, context_dim, heads, dim_head, bias, out_bias, dropout, key_value=False)
+    def __init__(self, *, kv_heads: int, **fields) -> None:  # the fields of GQAConfig, validated by it
+        super().__init__(**fields, key_value=False)
         self.kv_heads = kv_heads
-        self.to_k = nn.Linear(self.context_dim, kv_heads * dim_head, bias=bias)
-        self.to_v = nn.Linear(self.context_dim, kv_heads * dim_head, bias=bias)
+        self.to_k = nn.Linear(self.context_dim, kv_heads * self.dim_head, bias=fields["bias"])
+        self.to_v = nn.Linear(self.context_dim, kv_heads * self.dim_head, bias=fields["bias"])
 
     @classmethod
     def from_multihead(cls, layer: nn.Module, kv_heads: int) -> GroupedQueryAttention:
@@ -152,7 +148,7 @@ def _compare(layer, cross, generator, what):
 def _law_all_kv_heads_is_cross(spec, fields, generator):
     """kv_heads == heads: the layer is ``cross`` (the state dict loads strictly)."""
     fields = {**fields, "dropout": 0.0}
-    fields["kv_heads"] = fields.get("heads", 8)
+    fields["kv_heads"] = spec.config.model_validate(fields).heads  # the example's, or the default
     layer = zoo.create(spec, **fields).double().eval()
     cross = MultiHeadAttention(**{k: v for k, v in fields.items() if k != "kv_heads"}).double().eval()
     cross.load_state_dict(layer.state_dict(), strict=True)
@@ -163,7 +159,7 @@ def _law_one_kv_head_is_multi_query(spec, fields, generator):
     """kv_heads == 1: every query head reads the same K and V (cross with K/V copied to all heads)."""
     fields = {**fields, "dropout": 0.0, "kv_heads": 1}
     layer = zoo.create(spec, **fields).double().eval()
-    d = fields.get("dim_head", 64)
+    d = layer.config.dim_head
     for name in ("to_k", "to_v"):
         width = getattr(layer, name).weight.shape[0]
         expect(width == d,
@@ -189,10 +185,18 @@ def bare(m: GroupedQueryAttention, x: Tensor, context: Tensor) -> Tensor:
     o = F.scaled_dot_product_attention(q, k, v, enable_gqa=m.kv_heads != m.heads)
     return F.linear(o.transpose(1, 2).reshape(b, n, -1), m.to_out[0].weight, m.to_out[0].bias)
 
-SPEC = zoo.VariantSpec(
-    name="gqa",
+
+def _grouped(shape: zoo.BenchShape) -> zoo.BenchShape:
+    """A standard workload with kv_heads = heads / 4 (groups of four query heads; 1 when fewer heads)."""
+    def at(w: zoo.Workload) -> zoo.Workload:
+        heads = w.config.get("heads", 8)
+        return replace(w, config={**w.config, "kv_heads": heads // 4 if heads % 4 == 0 else 1})
+    return replace(shape, full=at(shape.full), quick=at(shape.quick), tiny=at(shape.tiny))
+
+
+SPEC = zoo.declare_variant(
+    GroupedQueryAttention, "gqa",
     aliases=("grouped-query", "multi-query", "mqa"),
-    module=GroupedQueryAttention,
     config=GQAConfig,
     summary="Grouped-query cross-attention: heads query heads share kv_heads key/value heads (1 = multi-query).",
     paper=(
@@ -220,22 +224,8 @@ SPEC = zoo.VariantSpec(
     ),
     complexity="O(N·M·h·d) time; K/V: O(M·h_kv·d) memory (h/h_kv times less than cross)",
     context_shape="(B, M, Dc), or None (self-attention)",
+    bench=zoo.BenchSpec(shapes=tuple(_grouped(s) for s in zoo.STANDARD_SHAPES), baseline=bare,
+        baseline_label="SDPA with enable_gqa by hand", target=1.05),
 )
 
 
-
-def _grouped(shape: zoo.BenchShape) -> zoo.BenchShape:
-    """A standard workload with kv_heads = heads / 4 (groups of four query heads; 1 when fewer heads)."""
-    def at(w: zoo.Workload) -> zoo.Workload:
-        heads = w.config.get("heads", 8)
-        return replace(w, config={**w.config, "kv_heads": heads // 4 if heads % 4 == 0 else 1})
-    return replace(shape, full=at(shape.full), quick=at(shape.quick), tiny=at(shape.tiny))
-
-
-SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=tuple(_grouped(s) for s in zoo.STANDARD_SHAPES), baseline=bare,
-                                        baseline_label="SDPA with enable_gqa by hand", target=1.05))
-
-
-@zoo.hookimpl
-def zoo_register_variants(register):
-    register(SPEC)

@@ -6,7 +6,6 @@ Linear Attention", 2020, arXiv:2006.16236.
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +19,6 @@ from zoo.testing import expect
 
 class LinearConfig(MultiHeadFields):
     """Config of :class:`LinearAttention`."""
-
-    variant: Literal["linear"] = "linear"
 
 
 def feature_map(t: Tensor) -> Tensor:
@@ -176,10 +173,10 @@ def bare(m: LinearAttention, x: Tensor, context: Tensor) -> Tensor:
     o = (fq @ (fk.transpose(-1, -2) @ v)) / (fq @ fk.sum(dim=-2).unsqueeze(-1))
     return F.linear(o.transpose(1, 2).reshape(b, n, -1), m.to_out[0].weight, m.to_out[0].bias)
 
-SPEC = zoo.VariantSpec(
-    name="linear",
+
+SPEC = zoo.declare_variant(
+    LinearAttention, "linear",
     aliases=("linear-attention", "linear-transformer"),
-    module=LinearAttention,
     config=LinearConfig,
     summary="Linear attention (elu+1 kernel): cost and memory linear in N and M, never an N x M matrix.",
     paper=(
@@ -207,14 +204,8 @@ SPEC = zoo.VariantSpec(
     ),
     complexity="O((N+M)·h·d²) time, O((N+M)·h·d + h·d²) memory: no N x M term",
     context_shape="(B, M, Dc), or None (self-attention)",
+    bench=zoo.BenchSpec(shapes=zoo.STANDARD_SHAPES, baseline=bare,
+        baseline_label="the two running sums by hand", target=1.05),
 )
 
 
-
-SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=zoo.STANDARD_SHAPES, baseline=bare,
-                                        baseline_label="the two running sums by hand", target=1.05))
-
-
-@zoo.hookimpl
-def zoo_register_variants(register):
-    register(SPEC)

@@ -6,7 +6,6 @@ Jaegle et al., "Perceiver IO: A General Architecture for Structured Inputs & Out
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,6 @@ from zoo.testing import expect
 class PerceiverConfig(MultiHeadFields):
     """Config of :class:`PerceiverAttention`."""
 
-    variant: Literal["perceiver"] = "perceiver"
     widening_factor: int = Field(
         1, gt=0, description="Hidden width of the residual MLP as a multiple of query_dim "
                              "(Perceiver IO's cross-attention uses 1, its self-attention 4).")
@@ -59,10 +57,9 @@ class PerceiverAttention(MultiHeadBase):
         (Linear, GELU, Linear).
     """
 
-    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, dim_head: int = 64,
-                 bias: bool = False, out_bias: bool = True, dropout: float = 0.0, widening_factor: int = 1,
-                 query_residual: bool = True) -> None:
-        super().__init__(query_dim, context_dim, heads, dim_head, bias, out_bias, dropout)
+    def __init__(self, *, widening_factor: int, query_residual: bool, **fields) -> None:  # PerceiverConfig's
+        super().__init__(**fields)
+        query_dim, dropout = self.query_dim, fields["dropout"]
         self.query_residual = query_residual
         self.norm_q = nn.LayerNorm(query_dim)
         self.norm_context = nn.LayerNorm(self.context_dim)
@@ -173,10 +170,22 @@ def bare(m: PerceiverAttention, x: Tensor, context: Tensor) -> Tensor:
     h = F.linear(F.gelu(F.linear(h, m.mlp[0].weight, m.mlp[0].bias)), m.mlp[2].weight, m.mlp[2].bias)
     return z + h
 
-SPEC = zoo.VariantSpec(
-    name="perceiver",
+
+def _dims(qd: int, cd: int, h: int, d: int) -> dict[str, int]:
+    return {"query_dim": qd, "context_dim": cd, "heads": h, "dim_head": d}
+
+
+#: Perceiver IO's encoder: a few latents read a long input array (N small, M large).
+BENCH_SHAPES = (
+    zoo.BenchShape("encode", "Perceiver IO encoder: 256 latents of width 512 read 8192 inputs of width 256",
+                   full=zoo.Workload(2, 256, 8192, _dims(512, 256, 8, 64)),
+                   quick=zoo.Workload(1, 128, 1024, _dims(512, 256, 8, 64)),
+                   tiny=zoo.Workload(1, 8, 32, _dims(32, 16, 2, 16))),
+)
+
+SPEC = zoo.declare_variant(
+    PerceiverAttention, "perceiver",
     aliases=("perceiver-io", "perceiverio"),
-    module=PerceiverAttention,
     config=PerceiverConfig,
     summary="Perceiver IO's cross-attention module: N latents read an input array of any length M.",
     paper=(
@@ -204,26 +213,8 @@ SPEC = zoo.VariantSpec(
     ),
     complexity="O(N·M·h·d) time: linear in the input size M for a fixed number N of latents",
     context_shape="(B, M, Dc): the input array; x is the latent array. None: latent self-attention",
+    bench=zoo.BenchSpec(shapes=BENCH_SHAPES, baseline=bare,
+        baseline_label="SDPA, norms and MLP by hand", target=1.05),
 )
 
 
-
-def _dims(qd: int, cd: int, h: int, d: int) -> dict[str, int]:
-    return {"query_dim": qd, "context_dim": cd, "heads": h, "dim_head": d}
-
-
-#: Perceiver IO's encoder: a few latents read a long input array (N small, M large).
-BENCH_SHAPES = (
-    zoo.BenchShape("encode", "Perceiver IO encoder: 256 latents of width 512 read 8192 inputs of width 256",
-                   full=zoo.Workload(2, 256, 8192, _dims(512, 256, 8, 64)),
-                   quick=zoo.Workload(1, 128, 1024, _dims(512, 256, 8, 64)),
-                   tiny=zoo.Workload(1, 8, 32, _dims(32, 16, 2, 16))),
-)
-
-SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=BENCH_SHAPES, baseline=bare,
-                                        baseline_label="SDPA, norms and MLP by hand", target=1.05))
-
-
-@zoo.hookimpl
-def zoo_register_variants(register):
-    register(SPEC)

@@ -16,7 +16,6 @@ layer's weights.
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -33,7 +32,6 @@ from zoo.testing import expect
 class PersistentConfig(MultiHeadFields):
     """Config of :class:`PersistentMemoryAttention` (the fields of ``cross`` plus memory)."""
 
-    variant: Literal["persistent"] = "persistent"
     num_memory: int = Field(
         16, ge=0, description="Persistent memory slots per head (N_mem); 0 gives plain cross-attention."
     )
@@ -115,25 +113,11 @@ class PersistentMemoryAttention(MultiHeadBase):
         arXiv:1907.01470.
     """
 
-    def __init__(
-        self,
-        query_dim: int,
-        context_dim: int | None = None,
-        heads: int = 8,
-        dim_head: int = 64,
-        bias: bool = False,
-        out_bias: bool = True,
-        dropout: float = 0.0,
-        num_memory: int = 16,
-        memory_only: bool = False,
-    ) -> None:
-        if num_memory < 0:
-            raise ValueError(f"num_memory must be >= 0, got {num_memory}")
-        if memory_only and num_memory < 1:
-            raise ValueError(f"memory_only=True needs num_memory >= 1, got num_memory={num_memory}")
+    def __init__(self, *, num_memory: int, memory_only: bool, **fields) -> None:
+        # the fields of PersistentConfig, validated by it (num_memory >= 0, >= 1 when memory_only)
         # memory_only: nothing but the memory is attended, so there is no to_k / to_v
-        super().__init__(query_dim, context_dim, heads, dim_head, bias, out_bias, dropout,
-                         key_value=not memory_only)
+        super().__init__(**fields, key_value=not memory_only)
+        heads, dim_head = self.heads, self.dim_head
         self.num_memory, self.memory_only = num_memory, memory_only
         self.memory_k = nn.Parameter(torch.randn(heads, num_memory, dim_head))
         self.memory_v = nn.Parameter(torch.randn(heads, num_memory, dim_head))
@@ -307,7 +291,7 @@ def _law_no_memory_is_cross(spec, fields, generator):
 def _law_memory_only_is_softmax_feedforward(spec, fields, generator):
     """Memory only: the layer is ``U softmax(V x) + b`` with U, V built from its weights."""
     fields = {**fields, "memory_only": True, "dropout": 0.0, "bias": False}
-    fields["num_memory"] = max(1, fields.get("num_memory", 16))
+    fields["num_memory"] = max(1, spec.config.model_validate({**fields, "memory_only": False}).num_memory)
     layer = zoo.create(spec, **fields).double().eval()
     x = torch.randn(2, 6, layer.query_dim, generator=generator, dtype=torch.float64)
     v_ff, u_ff = feedforward_weights(layer)
@@ -336,7 +320,7 @@ def _law_memory_only_is_softmax_feedforward(spec, fields, generator):
 def _law_masked_context_leaves_memory(spec, fields, generator):
     """A fully masked context leaves exactly the memory: the memory-only layer's output."""
     fields = {**fields, "dropout": 0.0}
-    fields["num_memory"] = max(1, fields.get("num_memory", 16))
+    fields["num_memory"] = max(1, spec.config.model_validate({**fields, "memory_only": False}).num_memory)
     layer = zoo.create(spec, **{**fields, "memory_only": False}).double().eval()
     mem_only = zoo.create(spec, **{**fields, "memory_only": True}).double().eval()
     mem_only.load_state_dict(layer.state_dict(), strict=False)  # all but to_k/to_v
@@ -353,10 +337,30 @@ def _law_masked_context_leaves_memory(spec, fields, generator):
     ))
 
 
-SPEC = zoo.VariantSpec(
-    name="persistent",
+# --------------------------------------------------------------------------- benchmark (`zoo bench`)
+
+
+def bare_sdpa(m: PersistentMemoryAttention, x: Tensor, context: Tensor, **_) -> Tensor:
+    """By hand: SDPA over the persistent memory concatenated with the context's keys and
+    values (memory first, as x-transformers; the order does not change the result)."""
+    import torch.nn.functional as F
+
+    def heads(t: Tensor) -> Tensor:
+        return t.unflatten(-1, (m.config.heads, -1)).transpose(1, 2)
+
+    b = x.shape[0]
+    q = heads(F.linear(x, m.to_q.weight, m.to_q.bias))
+    k = heads(F.linear(context, m.to_k.weight, m.to_k.bias))
+    v = heads(F.linear(context, m.to_v.weight, m.to_v.bias))
+    k = torch.cat([m.memory_k.unsqueeze(0).expand(b, -1, -1, -1), k], dim=2)
+    v = torch.cat([m.memory_v.unsqueeze(0).expand(b, -1, -1, -1), v], dim=2)
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
+    return F.linear(o, m.to_out[0].weight, m.to_out[0].bias)
+
+
+SPEC = zoo.declare_variant(
+    PersistentMemoryAttention, "persistent",
     aliases=("persistent-memory", "all-attention"),
-    module=PersistentMemoryAttention,
     config=PersistentConfig,
     summary="Cross- or self-attention whose keys/values are extended by learned per-head memory vectors.",
     paper=(
@@ -388,33 +392,5 @@ SPEC = zoo.VariantSpec(
     ),
     complexity="O(N·(M+N_mem)·h·d) time, O((N+M+N_mem)·h·d) memory",
     context_shape="(B, M, Dc), or None (self-attention; memory only when memory_only=True)",
+    bench=zoo.BenchSpec(shapes=zoo.STANDARD_SHAPES, baseline=bare_sdpa),
 )
-
-
-@zoo.hookimpl
-def zoo_register_variants(register):
-    register(SPEC)
-
-
-# --------------------------------------------------------------------------- benchmark (`zoo bench`)
-
-
-def bare_sdpa(m: PersistentMemoryAttention, x: Tensor, context: Tensor, **_) -> Tensor:
-    """By hand: SDPA over the persistent memory concatenated with the context's keys and
-    values (memory first, as x-transformers; the order does not change the result)."""
-    import torch.nn.functional as F
-
-    def heads(t: Tensor) -> Tensor:
-        return t.unflatten(-1, (m.config.heads, -1)).transpose(1, 2)
-
-    b = x.shape[0]
-    q = heads(F.linear(x, m.to_q.weight, m.to_q.bias))
-    k = heads(F.linear(context, m.to_k.weight, m.to_k.bias))
-    v = heads(F.linear(context, m.to_v.weight, m.to_v.bias))
-    k = torch.cat([m.memory_k.unsqueeze(0).expand(b, -1, -1, -1), k], dim=2)
-    v = torch.cat([m.memory_v.unsqueeze(0).expand(b, -1, -1, -1), v], dim=2)
-    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
-    return F.linear(o, m.to_out[0].weight, m.to_out[0].bias)
-
-
-SPEC = SPEC.replace(bench=zoo.BenchSpec(shapes=zoo.STANDARD_SHAPES, baseline=bare_sdpa))

@@ -8,7 +8,6 @@ long as ``x``; the other modality only decides *how* x's own values are mixed.
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -23,8 +22,6 @@ from zoo.testing import expect
 
 class SelfDocConfig(MultiHeadFields):
     """Config of :class:`SelfDocAttention` (the fields of ``cross``)."""
-
-    variant: Literal["selfdoc"] = "selfdoc"
 
 
 class SelfDocAttention(MultiHeadBase):
@@ -69,18 +66,9 @@ class SelfDocAttention(MultiHeadBase):
         CVPR 2021, arXiv:2106.03331.
     """
 
-    def __init__(
-        self,
-        query_dim: int,
-        context_dim: int | None = None,
-        heads: int = 8,
-        dim_head: int = 64,
-        bias: bool = False,
-        out_bias: bool = True,
-        dropout: float = 0.0,
-    ) -> None:
+    def __init__(self, **fields) -> None:  # the fields of SelfDocConfig, validated by it
         # values come from x, not the context: to_v is Linear(query_dim, heads*dim_head)
-        super().__init__(query_dim, context_dim, heads, dim_head, bias, out_bias, dropout, value_dim=query_dim)
+        super().__init__(**fields, value_dim=fields["query_dim"])
 
     def _check(self, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
         context = self.check_context(x, context, None, length="N")
@@ -183,10 +171,19 @@ def _law_uniform_context_averages_x(spec, fields, generator):
     ))
 
 
-SPEC = zoo.VariantSpec(
-    name="selfdoc",
+# --------------------------------------------------------------------------- benchmark (`zoo bench`)
+
+
+def bare_sdpa(m: SelfDocAttention, x: Tensor, context: Tensor, **_) -> Tensor:
+    """SelfDoc by hand: queries and values from ``x``, keys from the aligned context, one
+    ``scaled_dot_product_attention`` call on the same weights (the toolkit's multi-head twin, values from x)."""
+    return bare_multihead(m, x, context, values=x)
+
+
+# N == M: only the long workload applies
+SPEC = zoo.declare_variant(
+    SelfDocAttention, "selfdoc",
     aliases=("selfdoc-attention", "cross-modality"),
-    module=SelfDocAttention,
     config=SelfDocConfig,
     summary="SelfDoc cross-modality attention: Q and V from x, K from an aligned context (N == M).",
     paper=(
@@ -221,23 +218,6 @@ SPEC = zoo.VariantSpec(
     equation=r"\mathrm{softmax}\left(\frac{(xW_q)(cW_k)^\top}{\sqrt{d}}\right)(xW_v)\,W_o",
     complexity="O(N²·h·d) time, O(N·h·d) memory (fused kernel)",
     context_shape="(B, N, Dc), aligned with x",
+    bench=zoo.BenchSpec(
+        shapes=tuple(s for s in zoo.STANDARD_SHAPES if s.name == "long"), baseline=bare_sdpa),
 )
-
-
-@zoo.hookimpl
-def zoo_register_variants(register):
-    register(SPEC)
-
-
-# --------------------------------------------------------------------------- benchmark (`zoo bench`)
-
-
-def bare_sdpa(m: SelfDocAttention, x: Tensor, context: Tensor, **_) -> Tensor:
-    """SelfDoc by hand: queries and values from ``x``, keys from the aligned context, one
-    ``scaled_dot_product_attention`` call on the same weights (the toolkit's multi-head twin, values from x)."""
-    return bare_multihead(m, x, context, values=x)
-
-
-# N == M: only the long workload applies
-SPEC = SPEC.replace(bench=zoo.BenchSpec(
-    shapes=tuple(s for s in zoo.STANDARD_SHAPES if s.name == "long"), baseline=bare_sdpa))
