@@ -231,58 +231,6 @@ class BrokenBatchStatistics(Sound):
         return out / (1.0 + out.detach().pow(2).mean().sqrt())
 
 
-class ToyChunkConfig(zoo.VariantConfig):
-    variant: Literal["toy-chunked"] = "toy-chunked"
-    query_dim: int = 8
-    context_dim: int = 6
-    chunk_size: int = 3
-
-
-class ToyChunked(torch.nn.Module):
-    """A RETRO-shaped toy: position p adds a projection of the mean neighbour of chunk
-    u = (p - m + 1) // m (nothing for p < m - 1); context (B, L, K, R, Dc), L = N // m."""
-
-    def __init__(self, query_dim=8, context_dim=6, chunk_size=3):
-        super().__init__()
-        self.chunk_size = chunk_size
-        self.proj = torch.nn.Linear(context_dim, query_dim)
-
-    def chunk_of(self, p):
-        m = self.chunk_size
-        return (p - m + 1) // m if p >= m - 1 else -1
-
-    def forward(self, x, context=None, *, context_mask=None):
-        pooled = self.proj(context.mean(dim=(2, 3)))  # (B, L, Dq)
-        rows = []
-        for p in range(x.shape[1]):
-            u = self.chunk_of(p)
-            rows.append(pooled[:, u] if 0 <= u < pooled.shape[1] else torch.zeros_like(x[:, p]))
-        return x + torch.stack(rows, 1)
-
-
-class BrokenToyChunkedLeak(ToyChunked):
-    """Off by one chunk: position p sees the neighbours of its own, unfinished chunk."""
-
-    def chunk_of(self, p):
-        return p // self.chunk_size
-
-
-def _toy_inputs(module, *, batch, query_len, context_len, generator, dtype):
-    cfg = module.config
-    x = torch.randn(batch, query_len, cfg.query_dim, generator=generator, dtype=dtype)
-    ctx = torch.randn(batch, query_len // cfg.chunk_size, 2, max(1, context_len // 2), cfg.context_dim,
-                      generator=generator, dtype=dtype)
-    return {"x": x, "context": ctx}
-
-
-TOY_CHUNKED = zoo.VariantSpec(
-    name="toy-chunked", module=ToyChunked, config=ToyChunkConfig, summary="chunk-causal toy",
-    make_inputs=_toy_inputs,
-    capabilities=zoo.Capabilities(masks=False, self_attention=False, dropout=False,
-                                  query_order_equivariant=False, context_set_axes=(2, 3), chunk_causal=True),
-)
-
-
 EQUAL_DIMS = ({"query_dim": 16, "heads": 2, "dim_head": 8, "bias": True, "dropout": 0.25},)
 
 
@@ -316,7 +264,6 @@ PLANTED: dict[str, tuple[zoo.VariantSpec, str]] = {
     "context-positions": (spec(BrokenContextPositions), "context-order"),
     "no-input-validation": (spec(BrokenNoValidation), "bad-input"),
     "nan-swallowed": (spec(BrokenSwallowsNaN), "nonfinite-input"),
-    "chunk-leak": (TOY_CHUNKED.replace(module=BrokenToyChunkedLeak), "chunk-causality"),
     "false-law": (spec(Sound, laws=(zoo.Law("always-false", "a law that never holds", _failing_law),)),
                   "law:always-false"),
 }

@@ -129,7 +129,7 @@ def test_cross_pattern_is_the_worked_example():
 def test_persistent_memory_columns_are_labelled():
     pattern = catalog.attention_pattern(zoo.get_variant("persistent"), WE.picture_example())
     assert pattern.kind == "attention"
-    assert sum(label.startswith("mem") for label in pattern.col_labels) == \
+    assert sum(label.startswith("fixed") for label in pattern.col_labels) == \
         zoo.get_variant("persistent").config.model_fields["num_memory"].default
     assert {"I", "love", "mountains"} <= set(pattern.col_labels)
 

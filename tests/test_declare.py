@@ -117,3 +117,15 @@ def test_every_builtin_is_declared_once(name):
     declarations = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and ast.unparse(n.func) in
                     ("zoo.declare_variant", "zoo.variant")]
     assert len(declarations) == 1
+
+
+def test_capabilities_shrank_to_the_input_contract_and_old_arguments_warn():
+    """``context_required`` said what ``self_attention=False`` says; ``min_query_len`` no
+    variant declared: both gone, accepted with a DeprecationWarning for older plugins."""
+    fields = set(zoo.Capabilities().as_dict())
+    assert not {"context_required", "min_query_len"} & fields
+    with pytest.warns(DeprecationWarning, match="self_attention=False"):
+        caps = zoo.Capabilities(context_required=True, self_attention=False)
+    assert caps.self_attention is False
+    with pytest.warns(DeprecationWarning, match="min_query_len"):
+        zoo.Capabilities(min_query_len=4)

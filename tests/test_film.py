@@ -247,4 +247,4 @@ def test_registered_through_entry_point():
     spec = zoo.get_variant("film")
     assert spec.module is film.FiLM and spec.plugin == "film"
     caps = spec.capabilities
-    assert not caps.attention and not caps.dropout and not caps.self_attention and caps.context_required
+    assert not caps.attention and not caps.dropout and not caps.self_attention

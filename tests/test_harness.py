@@ -27,16 +27,16 @@ def test_sound_reimplementation_passes_every_check():
     report = check(SOUND)
     assert report.passed, report.table()
     assert [r.check for r in report.results] == [*CHECK_IDS, "law:matches-multihead-attention"]
-    assert all(r.status == "passed" for r in report.results if r.check != "chunk-causality"), report.table()
-    assert report["chunk-causality"].message == "capabilities.chunk_causal is False"
+    assert all(r.status == "passed" for r in report.results), report.table()
 
 
-def test_sound_chunk_causal_toy_passes_chunk_causality():
-    from broken_layers import TOY_CHUNKED
+def test_no_harness_check_is_one_variants_property():
+    """RETRO's chunk causality is RETRO's law (law:causality), not a harness check every
+    variant is listed against."""
+    from zoo.harness.ids import ALL_CHECK_IDS
 
-    report = check(TOY_CHUNKED, checks="chunk-causality,batch-independence,context-order,shape")
-    assert report.passed, report.table()
-    assert report["chunk-causality"].message == "causal over 3 chunks of 3"
+    assert not [cid for cid in ALL_CHECK_IDS if "chunk" in cid]
+    assert "causality" in {law.name for law in zoo.get_variant("retro").laws}
 
 
 @pytest.mark.parametrize("bug", sorted(PLANTED))
@@ -182,7 +182,7 @@ def _boom(module, **kwargs):
 def test_a_crash_in_the_spec_is_a_failure_not_an_exception():
     report = check(SOUND.replace(make_inputs=_boom, laws=()))
     assert not report.passed
-    assert all(r.failed for r in report.results if r.check != "chunk-causality")  # skipped: not chunked
+    assert all(r.failed for r in report.results)
     assert "make_inputs exploded" in report["shape"].message
     assert "RuntimeError" in report["shape"].message
 

@@ -74,11 +74,13 @@ class Capabilities:
         equal_lengths: ``x`` and ``context`` index the same items (``N == M``); the
             query-order check then permutes both together. Inferred: a context of
             another length than ``x`` is refused with a ``ValueError``.
-        chunk_causal: positions never see the context of a later chunk (RETRO).
-        context_required: a query always needs context (no self-attention fallback).
-        min_query_len: the shortest ``x`` the harness builds (lengths below it are raised
-            to it), e.g. RETRO's ``chunk_size`` when a shorter ``x`` has no chunk at all.
+        chunk_causal: positions never see the context of a later chunk (RETRO; the catalog
+            draws it; the variant proves it with a law of its own).
         inferred: the names not declared (set by the zoo, not an argument).
+
+    ``context_required`` and ``min_query_len`` (older arguments) are accepted with a
+    ``DeprecationWarning`` and ignored: the first is ``self_attention=False``, the second
+    was declared by no variant.
     """
 
     attention: bool = True
@@ -90,11 +92,18 @@ class Capabilities:
     context_set_axes: tuple[int, ...] = (1,)
     equal_lengths: bool = INFERRED
     chunk_causal: bool = False
-    context_required: bool = False
-    min_query_len: int = 1
     inferred: frozenset[str] = field(default=frozenset(), init=False, compare=False)
+    context_required: dataclasses.InitVar[bool | None] = None  # deprecated: self_attention=False
+    min_query_len: dataclasses.InitVar[int | None] = None  # deprecated: declared by no variant
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, context_required: bool | None, min_query_len: int | None) -> None:
+        for old, value in (("context_required", context_required), ("min_query_len", min_query_len)):
+            if value is not None:
+                import warnings
+
+                hint = "; declare self_attention=False" if old == "context_required" else ""
+                warnings.warn(f"Capabilities({old}=...) is deprecated and ignored{hint}",
+                              DeprecationWarning, stacklevel=3)
         undeclared = {k for k in _INFERABLE if getattr(self, k) is INFERRED}
         for k in undeclared:
             object.__setattr__(self, k, _INFERABLE[k])

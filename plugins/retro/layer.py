@@ -345,7 +345,6 @@ SPEC = zoo.declare_variant(
     reference=reference,
     capabilities=zoo.Capabilities(
         self_attention=False,
-        context_required=True,
         query_order_equivariant=False,
         context_order_invariant=True,
         context_set_axes=(2, 3),

@@ -201,7 +201,7 @@ SPEC = zoo.declare_variant(
         {"query_dim": 16, "heads": 2, "dim_head": 8, "bias": True, "dropout": 0.25},
     ),
     reference=reference,
-    capabilities=zoo.Capabilities(context_required=True, query_order_equivariant=False,
+    capabilities=zoo.Capabilities(query_order_equivariant=False,
                                   context_order_invariant=False),
     laws=(
         zoo.Law("only-cls-row", "rows 1..N-1 of the output are exactly zero: only x's CLS token changes",

@@ -276,7 +276,6 @@ SPEC = zoo.declare_variant(
         attention=False,
         self_attention=False,
         dropout=False,
-        context_required=True,
         context_set_axes=(1,),  # the masked mean over M ignores order
     ),
     laws=(

@@ -25,17 +25,18 @@ _CAP_LABELS = {
     "context_order_invariant": "context-order invariant",
     "equal_lengths": "N = M (aligned)",
     "chunk_causal": "chunk-causal",
-    "context_required": "context required",
 }
 _CAP_SHORT = {"self_attention": "self", "masks": "masks", "dropout": "dropout", "chunk_causal": "causal",
-              "equal_lengths": "N=M", "context_required": "needs ctx"}
+              "equal_lengths": "N=M"}
+_NEEDS_CONTEXT = {False: "context required", True: "needs ctx"}  # what self_attention=False means
 
 
 def _capabilities(spec: VariantSpec, short: bool = False) -> list[str]:
     caps = resolve_capabilities(spec).as_dict()
     labels = _CAP_SHORT if short else _CAP_LABELS
     out = [] if caps.get("attention", True) else ["no attention matrix"]
-    return out + [labels[k] for k, v in caps.items() if k in labels and v is True]
+    out += [labels[k] for k, v in caps.items() if k in labels and v is True]
+    return out if caps["self_attention"] else [*out, _NEEDS_CONTEXT[short]]
 
 
 def _example_fields(spec: VariantSpec) -> dict[str, Any]:

@@ -198,10 +198,12 @@ def attention_pattern(spec: VariantSpec, example: PictureExample | None = None) 
     For a variant that computes softmax attention through
     ``torch.nn.functional.scaled_dot_product_attention`` with one score matrix of
     ``N`` query rows, the attention probabilities ``softmax(s Q K^T)`` recomputed
-    from the captured ``Q`` and ``K`` (averaged over heads; keys that do not depend
-    on the context, such as persistent memory, are labelled ``mem``). Otherwise
-    (FiLM, RETRO's chunked attention, anything else) the influence of each context
-    token on each output token, ``|d y_n / d c_m|`` normalised per row.
+    from the captured ``Q`` and ``K`` (averaged over heads; keys observed not to move
+    when the context does are labelled ``fixed``). Without attention
+    (``capabilities.attention`` False) the change ``y - x``; otherwise (several score
+    matrices, other shapes) the influence of each context token on each output token,
+    ``|d y_n / d c_m|`` normalised per row. Captions say only what the spec declares
+    or the picture observes.
 
     Drawn on ``example`` where the variant accepts it, else on its own ``make_inputs``.
     """
@@ -224,14 +226,14 @@ def attention_pattern(spec: VariantSpec, example: PictureExample | None = None) 
             if m:
                 labels.append(next(ctx_iter, "c?"))
             else:
-                labels.append(f"mem {mem}")
+                labels.append(f"fixed {mem}")
                 mem += 1
         heads = q.shape[1]
         caption = (f"Attention probabilities softmax(QK^T/sqrt(d)) of `{spec.name}` on {source}, "
                    f"{'averaged over its ' + str(heads) + ' heads' if heads > 1 else 'one head'}; "
                    "each row sums to 1.")
         if mem:
-            caption += f" The {mem} `mem` columns are learned keys that do not depend on the context."
+            caption += f" The {mem} `fixed` columns are keys the layer holds itself: they do not move with the context."
         return Pattern("attention", probs, rows, labels, f"{spec.name}: attention probabilities", caption)
     if ctx is None:
         raise RuntimeError(f"{spec.name!r}: no context to draw a pattern against")
@@ -259,7 +261,8 @@ def attention_pattern(spec: VariantSpec, example: PictureExample | None = None) 
                f"strongly each context token influences each output token, |dy_n/dc_m| normalised "
                f"per row, on {source}.")
     if resolve_capabilities(spec).chunk_causal:
-        caption += " Zero cells show the chunk causality: no position sees the neighbours of a later chunk."
+        caption += (" Zero cells show its declared chunk causality (capabilities.chunk_causal): no position "
+                    "sees the context of a later chunk.")
     lead = ctx.shape[1:-1]
     xlabel = ("context tokens (c)" if len(lead) == 1
               else f"context tokens c[{', '.join(f'i{k}' for k in range(len(lead)))}], flattened\n"

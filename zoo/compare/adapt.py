@@ -40,7 +40,7 @@ def layer_fields_for(spec: VariantSpec, task: Task) -> dict:
 
 def _context_form(spec: VariantSpec, layer: torch.nn.Module) -> tuple[str, int | None]:
     """("none" | "sequence" | "aligned" | "neighbours" | "other:<why>", rank)."""
-    n = max(_PROBE_N, 2 * spec.capabilities.min_query_len)
+    n = _PROBE_N
     gen = torch.Generator().manual_seed(0)
     inputs = spec.make_inputs(layer, batch=1, query_len=n, context_len=_PROBE_M, generator=gen, dtype=torch.float32)
     extra = sorted(set(inputs) - {"x", "context", "context_mask"})

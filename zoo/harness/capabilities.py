@@ -51,7 +51,7 @@ def _probe(spec: VariantSpec, caps: Capabilities) -> dict[str, bool]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(index)
             module = zoo.create(spec, **dict(fields)).eval()
-        n = max(_PROBE_LEN, caps.min_query_len)
+        n = _PROBE_LEN
 
         def inputs(query_len: int, context_len: int, module=module) -> dict[str, Any]:
             gen = torch.Generator().manual_seed(0)

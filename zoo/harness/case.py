@@ -114,7 +114,7 @@ class Case:
         (random, with batch element 0 fully masked).
         """
         gen = self.generator(offset)
-        n = max(query_len, self.caps.min_query_len)
+        n = query_len
         m = n if self.caps.equal_lengths else context_len
         inputs = dict(self.spec.make_inputs(module, batch=batch, query_len=n, context_len=m,
                                             generator=gen, dtype=torch.float64))

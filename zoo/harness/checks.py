@@ -23,8 +23,7 @@ from zoo.harness.case import (  # noqa: F401 - re-exported for authors and older
 from zoo.harness.lifecycle import (check_bad_input, check_config_roundtrip, check_dropout, check_eval_determinism,
                                    check_nonfinite_input, check_state_dict)
 from zoo.harness.numeric import check_mask, check_masked_rows, check_oracle_forward, check_oracle_grad, check_shape
-from zoo.harness.symmetry import (check_batch_independence, check_chunk_causality, check_context_order,
-                                  check_query_order)
+from zoo.harness.symmetry import check_batch_independence, check_context_order, check_query_order
 from zoo.spec import VariantSpec
 
 __all__ = ["Check", "CheckFailed", "SkipCheck", "Case", "CHECKS", "TOLERANCES", "DTYPES", "checks_for"]
@@ -56,10 +55,6 @@ def _query_order_applies(spec: VariantSpec) -> str | None:
     return None
 
 
-def _chunk_causal_applies(spec: VariantSpec) -> str | None:
-    return None if spec.capabilities.chunk_causal else "capabilities.chunk_causal is False"
-
-
 def _dropout_applies(spec: VariantSpec) -> str | None:
     if spec.capabilities.dropout:
         return None
@@ -89,7 +84,6 @@ _BINDINGS: dict[str, tuple[Callable[[Case], str | None], Callable[[VariantSpec],
     "batch-independence": (check_batch_independence, None),
     "context-order": (check_context_order, _context_order_applies),
     "query-order": (check_query_order, _query_order_applies),
-    "chunk-causality": (check_chunk_causality, _chunk_causal_applies),
     "eval-determinism": (check_eval_determinism, None),
     "dropout": (check_dropout, _dropout_applies),
     "state-dict": (check_state_dict, None),

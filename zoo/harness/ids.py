@@ -35,7 +35,6 @@ CHECK_TABLE: tuple[CheckInfo, ...] = (
     CheckInfo("batch-independence", "batch", "batch elements do not influence each other"),
     CheckInfo("context-order", "c-ord", "permuting orderless context axes leaves the output unchanged"),
     CheckInfo("query-order", "q-ord", "permuting queries permutes the output"),
-    CheckInfo("chunk-causality", "chunk", "no position sees the context of a chunk it has not finished (RETRO)"),
     CheckInfo("eval-determinism", "det", "eval() is deterministic and dropout is off"),
     CheckInfo("dropout", "drop", "dropout acts in training (and only there)"),
     CheckInfo("state-dict", "sd", "state dict round-trips into a fresh layer"),

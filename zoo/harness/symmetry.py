@@ -1,5 +1,6 @@
 """Check family: what must not matter. Other batch elements, the order of orderless context
-axes and of the queries, the context of chunks a position has not finished."""
+axes and of the queries. (A variant's own properties, such as RETRO's chunk causality, are
+its laws.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor
 from zoo.harness.case import (EXACT, Case, CheckFailed, SkipCheck, _describe, _detached, _float_inputs, _run,
                               _shape, max_diff, scale)
 
-__all__ = ["check_batch_independence", "check_context_order", "check_query_order", "check_chunk_causality"]
+__all__ = ["check_batch_independence", "check_context_order", "check_query_order"]
 
 
 def _batch_slice(inputs: dict[str, Any], b: int, batch: int) -> dict[str, Any]:
@@ -99,48 +100,3 @@ def check_query_order(case: Case) -> str:
                           f"{diff:.3g}): the layer depends on query positions; if it should, set "
                           f"query_order_equivariant=False")
     return "equivariant"
-
-
-def _chunk_size(case: Case, module: torch.nn.Module) -> int:
-    """The chunk length m, found from ``make_inputs``: the shortest ``x`` that gets one chunk
-    (context axis 1 has length ``N // m``)."""
-    for q in range(1, 513):
-        inputs = case.spec.make_inputs(module, batch=1, query_len=q, context_len=4, generator=case.generator(q),
-                                       dtype=torch.float64)
-        ctx = inputs.get("context")
-        if not isinstance(ctx, Tensor) or ctx.ndim < 3:
-            raise CheckFailed("capabilities.chunk_causal is True but make_inputs gives no context with a "
-                              "chunk axis 1 (expected shape (B, L, ..., Dc) with L = N // chunk_size)")
-        if ctx.shape[1] >= 1:
-            return q
-    raise CheckFailed("capabilities.chunk_causal is True but make_inputs gives no chunk (context axis 1 stays "
-                      "empty) for any query length up to 512")
-
-
-def check_chunk_causality(case: Case) -> str:
-    """Chunk-causal variants (RETRO): perturbing the context of chunk u (context axis 1)
-    changes no position p < (u+1)*m - 1, m the chunk length: a position only ever sees
-    the context of chunks it has completely read."""
-    module = case.build(torch.float64)
-    m = _chunk_size(case, module)
-    n = 3 * m + max(1, m // 2)  # three complete chunks and a remainder
-    inputs = case.inputs(module, batch=2, query_len=n, context_len=4, mask=None)
-    ctx = inputs["context"]
-    with torch.no_grad():
-        out = _run(module, inputs)
-        for u in range(ctx.shape[1]):
-            changed = ctx.clone()
-            changed[:, u] += torch.randn(changed[:, u].shape, generator=case.generator(100 + u),
-                                         dtype=ctx.dtype).to(ctx.device) * 10
-            out2 = _run(module, {**inputs, "context": changed})
-            max_diff(out, out2, f"output before vs after changing the context of chunk {u}")  # finite
-            per_pos = (out2 - out).abs().amax(dim=(0, 2))
-            first = (u + 1) * m - 1
-            leak = per_pos[:first]
-            if leak.numel() and leak.max().item() > EXACT * scale(out):
-                p = int(torch.nonzero(leak > EXACT * scale(out))[0])
-                raise CheckFailed(f"changing the context of chunk {u} (context[:, {u}]) changed position {p}, "
-                                  f"before {first} = (u+1)*chunk_size - 1 with chunk_size {m}: a position "
-                                  f"sees the context of a chunk it has not finished (N={n}, "
-                                  f"{_describe(inputs)})")
-    return f"causal over {ctx.shape[1]} chunks of {m}"

@@ -45,7 +45,7 @@ SPEC = zoo.VariantSpec(
     config=DotConfig,
     summary="single-head dot-product attention (a third-party example)",
     reference=reference,
-    capabilities=zoo.Capabilities(self_attention=False, dropout=False, context_required=True),
+    capabilities=zoo.Capabilities(self_attention=False, dropout=False),
 )
 
 
