@@ -387,6 +387,18 @@ def test_cli_json_to_stdout_keeps_stdout_pure(cross_registry, capsys):
     assert "variant" in err.splitlines()[0]
 
 
+def test_check_reports_the_plugin_and_distribution_that_registered_the_variant(cross_registry, capsys):
+    """``zoo check --json`` names the real source, though the harness checks a copy of the spec
+    (its capabilities resolved): provenance is the registry's, by name, not a field of a copy."""
+    from zoo.cli import main
+
+    assert main(["check", "cross", "-k", "shape", "--json", "-", "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["reports"][0]["source"] == "plugin 'cross' (attention-zoo)"
+    assert check("cross", checks="shape").source == "plugin 'cross' (attention-zoo)"
+    unregistered = zoo.get_variant("cross").replace(name="cross-unregistered")
+    assert check(unregistered, checks="shape").source == "in-process registration (zoo.register)"
+
+
 # -- non-finite values and laws that cannot be optimised away --------------------------------
 
 

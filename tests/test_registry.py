@@ -480,7 +480,9 @@ def test_hooks_are_called_through_pluggy(cross_registry):
     assert "jumps-the-queue" not in zoo.list_variants()
 
 
-def test_command_hooks_respect_tryfirst_and_trylast(cross_registry):
+def test_every_hook_is_called_in_load_order_and_reordering_markers_are_refused(cross_registry):
+    """One calling rule for every hook: plugin by plugin in load order; a tryfirst/trylast
+    on any zoo hook (here the commands hook) is refused like on zoo_register_variants."""
     import argparse
 
     calls = []
@@ -493,11 +495,14 @@ def test_command_hooks_respect_tryfirst_and_trylast(cross_registry):
 
         return Adds()
 
-    cross_registry.load_plugin(adder("last", trylast=True), name="a")
-    cross_registry.load_plugin(adder("plain"), name="b")
-    cross_registry.load_plugin(adder("first", tryfirst=True), name="c")
+    assert cross_registry.load_plugin(adder("one"), name="c").status == "loaded"
+    assert cross_registry.load_plugin(adder("two"), name="a").status == "loaded"
+    refused = cross_registry.load_plugin(adder("first", tryfirst=True), name="b")
+    assert refused.status == "failed" and "plugin 'b' marks zoo_register_commands tryfirst" in refused.error
+    last = cross_registry.load_plugin(adder("last", trylast=True), name="d")
+    assert last.status == "failed" and "trylast" in last.error
     cross_registry.call_commands_hook(argparse.ArgumentParser().add_subparsers())
-    assert calls == ["first", "plain", "last"]
+    assert calls == ["one", "two"]
 
 
 @pytest.mark.slow  # subprocesses (a fresh torch import each)

@@ -174,9 +174,10 @@ class VariantSpec:
         bench: what ``zoo bench`` times and against what (:class:`zoo.BenchSpec`);
             ``None``: default workloads from ``make_inputs``, absolute numbers, no ratio.
 
-    Where a registered spec came from is not the author's to write: the registry
-    records it (:meth:`zoo.registry.Registry.provenance`) and the read-only
-    properties :attr:`plugin`, :attr:`distribution` and :attr:`source` report it.
+    Where a registered spec came from is not the author's to write, nor a field of the
+    spec: the registry records it by name (:meth:`zoo.registry.Registry.provenance`) and
+    the read-only properties :attr:`plugin`, :attr:`distribution` and :attr:`source` look
+    it up in the default registry (a copy that is not registered has none).
     """
 
     name: str
@@ -195,13 +196,11 @@ class VariantSpec:
     context_shape: str | None = None
     tolerances: Mapping[str, tuple[float, float]] | None = None
     bench: BenchSpec | None = None
-    # set by the registry on the copy it holds (object.__setattr__); never by an author
-    _provenance: tuple[str | None, str | None] | None = field(default=None, init=False, repr=False, compare=False)
 
     def replace(self, **changes: Any) -> VariantSpec:
         """A copy with ``changes`` applied (the spec itself is immutable).
 
-        The copy is not registered, so it carries no provenance; ``plugin`` and
+        The copy is not registered, so it has no provenance; ``plugin`` and
         ``distribution`` are accepted (and ignored) for older callers.
         With a new ``name``, the copy registers and checks under that name: when its
         config still names the old variant, a subclass accepting ``variant: Literal[name]``
@@ -217,28 +216,39 @@ class VariantSpec:
                 changes["config"] = _renamed_config(config, name)
         return dataclasses.replace(self, **changes)
 
+    def _provenance(self) -> tuple[str | None, str | None]:
+        from zoo.registry import default_registry
+
+        return default_registry().provenance_of(self)
+
     @property
     def plugin(self) -> str | None:
-        """The plugin (entry-point name) that registered this spec, if any (read-only)."""
-        return self._provenance[0] if self._provenance else None
+        """The plugin (entry-point name) that registered this spec, if any (read-only):
+        the default registry's record for this very spec, looked up by name."""
+        return self._provenance()[0]
 
     @property
     def distribution(self) -> str | None:
         """The distribution that shipped that plugin, if known (read-only)."""
-        return self._provenance[1] if self._provenance else None
+        return self._provenance()[1]
 
     @property
     def source(self) -> str:
         """Where the spec came from, for messages: ``plugin (distribution)``."""
-        if self.plugin and self.distribution:
-            return f"plugin {self.plugin!r} ({self.distribution})"
-        if self.plugin:
-            return f"plugin {self.plugin!r}"
-        return "in-process registration (zoo.register)"
+        return describe_source(*self._provenance())
 
     def example_configs(self) -> tuple[dict, ...]:
         """The examples the harness builds; one from the config defaults if none given."""
         return self.examples or ({},)
+
+
+def describe_source(plugin: str | None, distribution: str | None) -> str:
+    """``plugin 'name' (distribution)``, or the in-process registration, for messages."""
+    if plugin and distribution:
+        return f"plugin {plugin!r} ({distribution})"
+    if plugin:
+        return f"plugin {plugin!r}"
+    return "in-process registration (zoo.register)"
 
 
 class _NoField:

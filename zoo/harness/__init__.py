@@ -100,7 +100,6 @@ def planned_checks(name_or_spec: Any, *, checks: Iterable[str] | str | None = No
     from zoo.harness.checks import checks_for
 
     spec = _resolve(name_or_spec)
-    source = spec.source  # the registry's record: copies made below do not carry it
     selectors = _validate_selectors(checks)
     return [c.id for c in checks_for(spec) if _selected(c, selectors, slow)]
 
@@ -156,7 +155,7 @@ def check(
     from zoo.harness.capabilities import resolve_capabilities
 
     spec = _resolve(name_or_spec)
-    source = spec.source  # the registry's record: copies made below do not carry it
+    source = spec.source  # the registry's record for this spec, by name (the copy below has none)
     selectors = _validate_selectors(checks)
     dtype_names = _validate_dtypes(dtypes)
     spec = spec.replace(capabilities=resolve_capabilities(spec))  # what was not declared, observed
