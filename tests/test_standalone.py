@@ -166,3 +166,39 @@ def test_without_faiss_the_database_names_the_extra():
         """)
     assert res.returncode == 0, res.stderr
     assert 'pip install "attention-zoo[retro]"' in res.stdout, res.stdout + res.stderr
+
+
+def _module_level_zoo_imports(module: str) -> set[str]:
+    """The ``zoo.*`` modules ``module`` imports at import time (not inside functions)."""
+    rel = Path(*module.split("."))
+    path = ROOT / (f"{rel}.py" if (ROOT / f"{rel}.py").exists() else rel / "__init__.py")
+    found = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("zoo") and not node.level:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names
+                      if (ROOT / Path(*node.module.split(".")) / f"{a.name}.py").exists()}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("zoo")}
+    return found - {"zoo"}
+
+
+def import_closure(module: str) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        mod = todo.pop()
+        if mod not in seen:
+            seen.add(mod)
+            todo += sorted(_module_level_zoo_imports(mod))
+    return seen
+
+
+@pytest.mark.parametrize("toolkit", ["zoo.nn", "zoo.oracle", "zoo.declare", "zoo.variant_config"])
+def test_the_toolkit_does_not_pull_in_the_registry(toolkit):
+    """``VariantConfig`` lives apart from the factory: what a variant author imports to write
+    a layer never imports the registry, the config factory or the plugin loader."""
+    assert not import_closure(toolkit) & {"zoo.registry", "zoo.config", "zoo.loader"}, import_closure(toolkit)
+
+
+def test_the_import_closure_follows_imports():
+    assert {"zoo.registry", "zoo.loader", "zoo.spec"} <= import_closure("zoo.config")

@@ -104,7 +104,7 @@ def _built_from_config(layer: type, config: type) -> None:
             _building.set(None)  # not for the layers this one builds inside
         else:
             cfg = config.model_validate(kwargs)
-        from zoo.config import freeze_config
+        from zoo.variant_config import freeze_config
 
         freeze_config(self, cfg)
         init(self, **cfg.fields())

@@ -27,7 +27,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import Tensor, nn
 
-from zoo.config import VariantConfig
+from zoo.variant_config import VariantConfig
 from zoo.functional import (
     attend,
     merge_heads,
