@@ -460,3 +460,17 @@ def test_a_law_written_with_expect_still_fails_under_python_O():
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[:2] == ["1", "failed"], out.stdout
     assert "differs by nan" in out.stdout
+
+
+def test_each_check_is_declared_once_with_its_function():
+    """One table, filled by one decorator per check: a second declaration of an id (or a
+    column label) is refused, and every id runs the function declared with it."""
+    from zoo.harness.table import TABLE, harness_check
+
+    assert all(callable(c.func) for c in TABLE.values())
+    assert CHECKS["shape"].func.__name__ == "check_shape" and CHECKS["mask"].applies.__name__ == "_needs_masks"
+    with pytest.raises(ValueError, match="declared twice"):
+        harness_check("shape", "other-label", "again")(lambda case: "ok")
+    with pytest.raises(ValueError, match="already another check's column"):
+        harness_check("a-new-check", "fwd", "same column as oracle-forward")(lambda case: "ok")
+    assert "a-new-check" not in TABLE

@@ -8,8 +8,10 @@ import copy
 import torch
 from torch import Tensor
 
+from zoo.harness.table import harness_check
 from zoo.harness.case import (DTYPES, EXACT, Case, CheckFailed, SkipCheck, _describe, _detached, _float_inputs,
-                              _forward_cases, _reference, _run, _shape, compare, max_diff, scale)
+                              _forward_cases, _needs_masks, _needs_reference, _reference, _run, _shape, compare,
+                              max_diff, scale)
 
 __all__ = ["check_shape", "check_oracle_forward", "check_oracle_grad", "check_mask", "check_masked_rows"]
 
@@ -26,6 +28,7 @@ def _width_overrides(case: Case) -> list[dict]:
     return out
 
 
+@harness_check("shape", "shape", "output has x's shape, dtype and device over batch sizes, lengths and widths")
 def check_shape(case: Case) -> str:
     """Output has x's shape, dtype and device over batch sizes, lengths, widths and dtypes."""
     from pydantic import ValidationError
@@ -61,6 +64,8 @@ def check_shape(case: Case) -> str:
     return f"{n} input shapes"
 
 
+@harness_check("oracle-forward", "fwd", "forward equals the float64 naive oracle (float32, float64, bfloat16)",
+               applies=_needs_reference)
 def check_oracle_forward(case: Case) -> str:
     """The output equals the float64 naive oracle, per dtype."""
     worst = []
@@ -80,6 +85,7 @@ def check_oracle_forward(case: Case) -> str:
     return "matches the oracle in " + ", ".join(worst)
 
 
+@harness_check("oracle-grad", "grad", "input and parameter gradients equal the oracle's", applies=_needs_reference)
 def check_oracle_grad(case: Case) -> str:
     """Input and parameter gradients equal the float64 oracle's (float32, float64)."""
     dnames = [d for d in case.dtypes if d != "bfloat16"] or ["float64"]
@@ -127,6 +133,7 @@ def _compare_grad(g: Tensor | None, rg: Tensor | None, atol: float, rtol: float,
     compare(g, rg, atol, rtol, what)
 
 
+@harness_check("mask", "mask", "masked context elements have no influence", applies=_needs_masks)
 def check_mask(case: Case) -> str:
     """Masked context elements have no influence (value and gradient); an all-True mask
     equals no mask."""
@@ -167,6 +174,8 @@ def check_mask(case: Case) -> str:
     return f"{int((~cm).sum())} masked elements have no influence"
 
 
+@harness_check("masked-rows", "rows", "fully masked rows are finite, context-free, zero attention term",
+               applies=_needs_masks)
 def check_masked_rows(case: Case) -> str:
     """A batch element whose context is fully masked gives finite output and gradients,
     does not depend on its context, and matches the oracle (zero attention term)."""

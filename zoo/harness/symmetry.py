@@ -6,13 +6,30 @@ from __future__ import annotations
 
 from typing import Any
 
+from zoo.spec import VariantSpec
+
 import torch
 from torch import Tensor
 
+from zoo.harness.table import harness_check
 from zoo.harness.case import (EXACT, Case, CheckFailed, SkipCheck, _describe, _detached, _float_inputs, _run,
                               _shape, max_diff, scale)
 
 __all__ = ["check_batch_independence", "check_context_order", "check_query_order"]
+
+
+def _context_order_applies(spec: VariantSpec) -> str | None:
+    if not spec.capabilities.context_order_invariant:
+        return "capabilities.context_order_invariant is False"
+    if not spec.capabilities.context_set_axes:
+        return "capabilities.context_set_axes is empty"
+    return None
+
+
+def _query_order_applies(spec: VariantSpec) -> str | None:
+    if not spec.capabilities.query_order_equivariant:
+        return "capabilities.query_order_equivariant is False (the queries carry positions)"
+    return None
 
 
 def _batch_slice(inputs: dict[str, Any], b: int, batch: int) -> dict[str, Any]:
@@ -20,6 +37,7 @@ def _batch_slice(inputs: dict[str, Any], b: int, batch: int) -> dict[str, Any]:
             for k, v in inputs.items()}
 
 
+@harness_check("batch-independence", "batch", "batch elements do not influence each other")
 def check_batch_independence(case: Case) -> str:
     """Each batch element's output depends on that element's inputs only."""
     module = case.build(torch.float64)
@@ -46,6 +64,8 @@ def check_batch_independence(case: Case) -> str:
     return f"{batch} batch elements independent"
 
 
+@harness_check("context-order", "c-ord", "permuting orderless context axes leaves the output unchanged",
+               applies=_context_order_applies)
 def check_context_order(case: Case) -> str:
     """Permuting context tokens (and their mask) along each orderless axis leaves the output unchanged."""
     module = case.build(torch.float64)
@@ -77,6 +97,7 @@ def check_context_order(case: Case) -> str:
     return f"invariant along axes {case.caps.context_set_axes}"
 
 
+@harness_check("query-order", "q-ord", "permuting queries permutes the output", applies=_query_order_applies)
 def check_query_order(case: Case) -> str:
     """Permuting the queries permutes the output the same way (with the aligned context
     too, when equal_lengths)."""
