@@ -227,3 +227,31 @@ def test_a_real_sigint_during_a_command(tmp_path):
     assert proc.returncode == 130, (proc.returncode, err[-2000:])
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "zoo: interrupted"
     assert not (tmp_path / "out.json").exists()  # nothing half-written
+
+
+def test_builtin_commands_come_through_the_commands_hook(cross_registry):
+    """check, bench and compare are the zoo's own plugin's zoo_register_commands, the
+    hook every plugin uses, with one convention (add_arguments + run): without that
+    plugin they are gone, and a plugin's command is added the same way, after them."""
+    import argparse
+
+    import zoo.commands
+    from zoo.cli import build_parser
+    from zoo.loader import CORE_PLUGIN
+
+    def choices(parser):
+        return list(next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+    assert cross_registry.pm.get_plugin(CORE_PLUGIN) is zoo.commands
+    assert [c for c in choices(build_parser()) if c in ("check", "bench", "compare")] == ["check", "bench", "compare"]
+
+    class Extra:
+        @zoo.hookimpl
+        def zoo_register_commands(self, subparsers):
+            zoo.commands.add_command(subparsers, "extra", "a plugin's command", zoo.commands.importlib.import_module(
+                "zoo.compare.cli"))
+
+    cross_registry.load_plugin(Extra(), name="extra")
+    assert choices(build_parser())[-1] == "extra"
+    cross_registry.pm.unregister(name=CORE_PLUGIN)
+    assert not {"check", "bench", "compare"} & set(choices(build_parser()))

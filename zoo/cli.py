@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import json
 import os
@@ -18,12 +17,6 @@ from zoo.errors import PluginError, UnknownVariantError
 from zoo.registry import default_registry
 from zoo.text import config_rows, format_table, terminal_width, type_name  # noqa: F401 (re-exported)
 
-# Sub-commands that live in their own module: module.add_arguments(parser), module.run(args).
-_DELEGATED = {
-    "check": ("zoo.harness.cli", "run the shared harness on variants (the main job)"),
-    "bench": ("zoo.bench", "benchmark variants against their specs' hand-written baselines"),
-    "compare": ("zoo.compare.cli", "train variants on tasks that show what each can learn from its context"),
-}
 
 
 def _width() -> int:
@@ -244,13 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed")
     p.set_defaults(func=cmd_plugins)
 
-    for name, (module, help_) in _DELEGATED.items():
-        p = sub.add_parser(name, help=help_)
-        mod = importlib.import_module(module)
-        mod.add_arguments(p)
-        p.set_defaults(func=mod.run)
-
-    default_registry().call_commands_hook(sub)
+    default_registry().call_commands_hook(sub)  # check, bench, compare (zoo.commands) first, then the plugins' commands
     return parser
 
 

@@ -4,9 +4,15 @@ A plugin is any module or object registered under the entry-point group ``zoo``
 whose functions are marked with :data:`zoo.hookimpl`. The built-in variants are
 plugins of exactly this kind (see ``plugins/`` in the repository).
 
-Example, a complete plugin module ``my_attention.py``::
+Example, a complete plugin module ``my_attention.py`` (a variant declared once: no hook
+needed, the loader registers what the module declares)::
 
     import zoo
+
+    @zoo.variant("my-attention", config=MyAttentionConfig, summary="...")
+    class MyAttention(zoo.nn.MultiHeadBase): ...
+
+or, the older way, with the hook::
 
     @zoo.hookimpl
     def zoo_register_variants(register):
@@ -70,11 +76,16 @@ def zoo_register_variants(register: Callable[[VariantSpec], None]) -> None:
 def zoo_register_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add sub-commands to the ``zoo`` command line.
 
-    Called once when ``zoo`` builds its argument parser, for every loaded plugin.
-    A plugin adds its own commands with ``subparsers.add_parser(name, help=...)``
-    and sets ``func`` through ``set_defaults(func=...)``; ``func(args)`` is called
-    with the parsed arguments and its integer return value is the exit status.
-    A plugin whose hook raises is reported and the command line keeps working.
+    Called once when ``zoo`` builds its argument parser, for every loaded plugin, in
+    load order; the zoo's own ``check``, ``bench`` and ``compare`` come first, added
+    through this same hook (:mod:`zoo.commands`). The convention: a command is a module
+    (or object) with ``add_arguments(parser)`` and ``run(args) -> int``, added with
+    :func:`zoo.commands.add_command` (which calls ``subparsers.add_parser(name,
+    help=...)``, then ``add_arguments``, and sets ``func=run`` through
+    ``set_defaults``); ``func(args)`` is called with the parsed arguments and its
+    integer return value is the exit status. A plugin whose hook raises is reported
+    and the command line keeps working. Like every zoo hook, an implementation marked
+    ``tryfirst``/``trylast`` is refused: plugins are called in load order.
 
     Args:
         subparsers: the object returned by ``argparse.ArgumentParser.add_subparsers``.
@@ -84,10 +95,12 @@ def zoo_register_commands(subparsers: argparse._SubParsersAction) -> None:
 
     Examples:
 
+        from zoo.commands import add_command
+        from my_plugin import my_command  # a module with add_arguments(parser) and run(args)
+
         @zoo.hookimpl
         def zoo_register_commands(subparsers):
-            p = subparsers.add_parser("retro", help="build and query a RETRO database")
-            p.set_defaults(func=lambda args: print("hello") or 0)
+            add_command(subparsers, "mine", "what my command does", my_command)
     """
 
 

@@ -48,7 +48,10 @@ from zoo.declare import declared_in
 from zoo.entrypoints import BUILTIN_DISTRIBUTION, ENTRY_POINT_GROUP, allowed, precedence, seconds_from_env
 from zoo.errors import PluginError, RegistrationError
 
-__all__ = ["PluginInfo", "PluginLoader", "ENTRY_POINT_GROUP", "BUILTIN_DISTRIBUTION"]
+__all__ = ["PluginInfo", "PluginLoader", "ENTRY_POINT_GROUP", "BUILTIN_DISTRIBUTION", "CORE_PLUGIN"]
+
+CORE_PLUGIN = "zoo"
+"""The name of the zoo's own plugin (:mod:`zoo.commands`), registered before any entry point."""
 
 def _contained(exc: BaseException) -> bool:
     """Whether a plugin's exception is contained (everything but Ctrl-C)."""
@@ -107,6 +110,9 @@ class PluginLoader:
         self._lock = threading.RLock()
         self.pm = pluggy.PluginManager("zoo")
         self.pm.add_hookspecs(hookspecs)
+        from zoo import commands
+
+        self.pm.register(commands, name=CORE_PLUGIN)  # the zoo's own commands, through the same hook
 
     # -- what the name tables provide (zoo.registry.Registry) ----------------
     def _register_from_plugin(self, spec: Any, info: PluginInfo) -> None:
@@ -296,7 +302,7 @@ class PluginLoader:
         mode: a ``PluginError``)."""
         self._ensure_loaded()
         implementing = {i.plugin_name for i in getattr(self.pm.hook, hook).get_hookimpls()}
-        order = [name for name in self._plugins if name in implementing]  # dicts keep load order
+        order = [name for name in (CORE_PLUGIN, *self._plugins) if name in implementing]  # dicts keep load order
         for name in order:
             obj = self.pm.get_plugin(name)
             try:
