@@ -1,5 +1,6 @@
 """The core's shape, as docs/architecture.md draws it: it names no variant, no module is
-too long to read in one sitting, and no library module reaches up into the CLI."""
+too long to read in one sitting, no library module reaches up into the CLI, and no plugin
+imports another."""
 
 from __future__ import annotations
 
@@ -144,6 +145,21 @@ def imports_of(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
     return [(line, mod) for line, mod in found if mod and mod != "__future__"]
 
 
+def plugin_units() -> dict[str, str]:
+    """The built-in plugins: entry-point name -> module (a unit is that module or package)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return dict(project["entry-points"]["zoo"])
+
+
+def _unit_of(module: str) -> str | None:
+    return next((name for name, root in plugin_units().items()
+                 if module == root or module.startswith(root + ".")), None)
+
+
 def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
 
@@ -152,6 +168,9 @@ def import_rule_violations(path: Path) -> list[str]:
     """What ``path`` imports that the architecture forbids (docs/architecture.md):
 
     - the core (``zoo/``) imports no built-in plugin module;
+    - no plugin module imports another plugin (another variant, the tasks, the adapters):
+      what they share lives in the toolkit (``zoo.nn``, ``zoo.oracle``), and what a plugin
+      needs of another it reaches through the registry;
     - no library module imports a command-line module;
     - the core imports only the standard library, its dependencies, and the optional
       libraries named for the module in ``OPTIONAL_IN``.
@@ -163,6 +182,10 @@ def import_rule_violations(path: Path) -> list[str]:
         top = mod.split(".")[0]
         if mod.startswith("attention_zoo_plugins") and module_name(path).startswith("zoo"):
             bad.append(f"{rel}:{line}: imports the built-in plugin {mod} (reach variants through the registry)")
+        elif (mod.startswith("attention_zoo_plugins") and _unit_of(mod) is not None
+              and _unit_of(mod) != _unit_of(module_name(path))):
+            bad.append(f"{rel}:{line}: imports another plugin's module {mod} (plugin {_unit_of(mod)!r}; share "
+                       f"through zoo.nn / zoo.oracle, reach it through the registry)")
         elif mod in cli and rel not in CLI_MODULES:
             bad.append(f"{rel}:{line}: imports the command-line module {mod} (use zoo.text)")
         elif (module_name(path).startswith("zoo") and top not in sys.stdlib_module_names and top not in PACKAGES
@@ -175,6 +198,30 @@ def import_rule_violations(path: Path) -> list[str]:
 def test_the_import_graph_keeps_the_architecture():
     bad = [v for path in _core_modules() for v in import_rule_violations(path)]
     assert not bad, "\n".join(bad)
+
+
+def test_no_plugin_module_imports_another_plugin():
+    bad = [v for path in sorted((ROOT / "plugins").rglob("*.py")) for v in import_rule_violations(path)]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("target, line", [
+    ("plugins/variants/gqa.py", "def law():\n    from attention_zoo_plugins.variants.cross import CrossAttention\n"),
+    ("plugins/variants/selfdoc.py", "from .cross import bare_sdpa\n"),
+    ("plugins/tasks/retrieval.py", "from attention_zoo_plugins import retro\n"),
+])
+def test_a_planted_import_of_another_plugin_is_seen(tmp_path, monkeypatch, target, line):
+    copy = tmp_path / "plugins" / Path(target).relative_to("plugins")
+    copy.parent.mkdir(parents=True)
+    copy.write_text((ROOT / target).read_text(encoding="utf-8") + "\n\n" + line, encoding="utf-8")
+    assert not import_rule_violations(ROOT / target)  # the original keeps the rules
+    for real in (ROOT / "plugins").rglob("*.py"):  # the copy's package must know the real modules
+        twin = tmp_path / real.relative_to(ROOT)
+        if not twin.exists():
+            twin.parent.mkdir(parents=True, exist_ok=True)
+            twin.touch()
+    monkeypatch.setitem(PACKAGES, "attention_zoo_plugins", tmp_path / "plugins")
+    assert any("another plugin's module" in v for v in import_rule_violations(copy)), import_rule_violations(copy)
 
 
 @pytest.mark.parametrize("target, line, rule", [

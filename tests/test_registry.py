@@ -208,12 +208,12 @@ def test_a_bad_slow_threshold_is_reported_and_the_default_used(value):
 def test_an_unexpected_error_while_loading_never_leaves_an_empty_registry(monkeypatch):
     """The same error on every call, never a first call that raises and a second that says
     nothing is registered."""
-    import zoo.registry
+    import zoo.loader
 
     def broken(*args, **kwargs):
         raise RuntimeError("entry points unreadable")
 
-    monkeypatch.setattr(zoo.registry.metadata, "entry_points", broken)
+    monkeypatch.setattr(zoo.loader.metadata, "entry_points", broken)
     reg = Registry(env={})
     for _ in range(2):
         with pytest.raises(PluginError, match="entry points unreadable"):

@@ -1,5 +1,6 @@
-"""Plugins stand alone: no built-in plugin imports another, RETRO's FAISS is an extra that
-nothing else loads, and the built-ins sit in folders named for what they are."""
+"""Plugins stand alone: RETRO's FAISS is an extra that nothing else loads, the built-ins sit
+in folders named for what they are, and the toolkit a plugin imports pulls in no registry.
+(That no plugin imports another is tests/test_architecture.py's import rule.)"""
 
 from __future__ import annotations
 
@@ -22,81 +23,9 @@ PACKAGE = "attention_zoo_plugins"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PLUGINS).with_suffix("").parts
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join((PACKAGE, *parts))
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every module ``path`` imports, anywhere in the file (inside functions too), with
-    relative imports resolved against its own package."""
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, *([base] if base else [])])
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import module`
-    return found
-
-
 def plugin_units() -> dict[str, str]:
     """Entry-point name -> module, for the built-in plugins (a unit is that module or package)."""
     return dict(PYPROJECT["project"]["entry-points"]["zoo"].items())
-
-
-def unit_of(module: str, units: dict[str, str]) -> str | None:
-    for name, root in units.items():
-        if module == root or module.startswith(root + "."):
-            return name
-    return None
-
-
-def crossings(units: dict[str, str]) -> list[str]:
-    hits = []
-    for path in sorted(PLUGINS.rglob("*.py")):
-        own = unit_of(_module_name(path), units)
-        for target in sorted(imported_modules(path)):
-            other = unit_of(target, units)
-            if other is not None and other != own:
-                hits.append(f"{path.relative_to(ROOT)} ({own}) imports {target} ({other})")
-    return hits
-
-
-def test_no_plugin_module_imports_another_plugin():
-    hits = crossings(plugin_units())
-    assert not hits, "a plugin leans on another (move what they share into zoo.nn / zoo.oracle):\n" + "\n".join(hits)
-
-
-def test_the_import_scan_sees_every_form_of_import(tmp_path, monkeypatch):
-    """The detector itself: absolute, relative and in-function imports of another unit are found."""
-    fake = tmp_path / "plugins"
-    (fake / "variants").mkdir(parents=True)
-    (fake / "variants" / "__init__.py").write_text("")
-    (fake / "variants" / "a.py").write_text(textwrap.dedent("""
-        import zoo
-        from . import b
-        def law():
-            from attention_zoo_plugins.variants.c import thing
-        """))
-    (fake / "variants" / "b.py").write_text("from .a import x\n")
-    (fake / "variants" / "c.py").write_text("import attention_zoo_plugins.variants.c\n")
-    monkeypatch.setattr(sys.modules[__name__], "PLUGINS", fake)
-    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    units = {n: f"{PACKAGE}.variants.{n}" for n in "abc"}
-    hits = crossings(units)
-    assert any("a.py (a) imports attention_zoo_plugins.variants.b (b)" in h for h in hits), hits
-    assert any("a.py (a) imports attention_zoo_plugins.variants.c (c)" in h for h in hits), hits
-    assert any("b.py (b) imports attention_zoo_plugins.variants.a (a)" in h for h in hits), hits
-    assert not any(h.startswith("plugins/variants/c.py") for h in hits), "a module may import itself"
 
 
 def test_builtins_sit_in_folders_named_for_what_they_are():

@@ -237,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed")
     p.set_defaults(func=cmd_plugins)
 
-    default_registry().call_commands_hook(sub)  # check, bench, compare (zoo.commands) first, then the plugins' commands
+    from zoo import commands
+
+    registry = default_registry()
+    registry.use_core_plugin(commands)  # the zoo's own check, bench and compare, through the same hook
+    registry.call_commands_hook(sub)  # the zoo's commands first, then the plugins' commands
     return parser
 
 

@@ -3,8 +3,9 @@
 
 One convention for every sub-command, built-in or not: a module (or object) with
 ``add_arguments(parser)`` and ``run(args) -> int``, added with :func:`add_command`. The
-plugin loader registers this module as the plugin ``zoo`` before any entry point, so the
-built-in commands come first in ``zoo --help``. ``list``, ``show``, ``schema`` and
+command line registers this module as the plugin ``zoo``
+(:meth:`zoo.loader.PluginLoader.use_core_plugin`), whose hooks are called before any
+entry point's, so the built-in commands come first in ``zoo --help``. ``list``, ``show``, ``schema`` and
 ``plugins`` read the registry itself and stay in :mod:`zoo.cli`.
 """
 

@@ -51,7 +51,8 @@ from zoo.errors import PluginError, RegistrationError
 __all__ = ["PluginInfo", "PluginLoader", "ENTRY_POINT_GROUP", "BUILTIN_DISTRIBUTION", "CORE_PLUGIN"]
 
 CORE_PLUGIN = "zoo"
-"""The name of the zoo's own plugin (:mod:`zoo.commands`), registered before any entry point."""
+"""The name of the zoo's own plugin (:mod:`zoo.commands`, registered by the command line),
+whose hooks are called before any entry point's."""
 
 def _contained(exc: BaseException) -> bool:
     """Whether a plugin's exception is contained (everything but Ctrl-C)."""
@@ -110,9 +111,6 @@ class PluginLoader:
         self._lock = threading.RLock()
         self.pm = pluggy.PluginManager("zoo")
         self.pm.add_hookspecs(hookspecs)
-        from zoo import commands
-
-        self.pm.register(commands, name=CORE_PLUGIN)  # the zoo's own commands, through the same hook
 
     # -- what the name tables provide (zoo.registry.Registry) ----------------
     def _register_from_plugin(self, spec: Any, info: PluginInfo) -> None:
@@ -260,6 +258,14 @@ class PluginLoader:
         """Plugin ``obj``'s implementations of ``hook``, called through pluggy alone."""
         others = [p for p in self.pm.get_plugins() if p is not obj]
         return self.pm.subset_hook_caller(hook, remove_plugins=others)
+
+    def use_core_plugin(self, plugin: Any) -> None:
+        """Register one of the zoo's own plugins (the command line passes :mod:`zoo.commands`)
+        as :data:`CORE_PLUGIN`, called first for every hook; once (a plugin already under
+        that name stays)."""
+        with self._lock:
+            if self.pm.get_plugin(CORE_PLUGIN) is None:
+                self.pm.register(plugin, name=CORE_PLUGIN)
 
     def _refuse_reordering(self, obj: Any, info: PluginInfo) -> None:
         """The one calling rule: every hook plugin by plugin in load order, so a marker that

@@ -13,7 +13,3 @@ The command line is :mod:`zoo.bench.cli`; the runner :mod:`zoo.bench.runner`.
 """
 
 from __future__ import annotations
-
-from zoo.bench.cli import add_arguments, run
-
-__all__ = ["add_arguments", "run"]
