@@ -275,3 +275,17 @@ PLANTED_SLOW: dict[str, tuple[zoo.VariantSpec, str]] = {
 }
 
 SOUND = spec(Sound)
+
+
+class BrokenCountsPadding(Sound):
+    """Sigmoid attention with bias -log M, where M counts the masked padding too: every check
+    but masked-padding passes it (the mask does hide the padded values)."""
+
+    def attend(self, q, k, v, mask):
+        w = torch.sigmoid(self.scores(q, k) - math.log(k.shape[-2]))
+        if mask is not None:
+            w = w * mask[:, None, None, :].to(w.dtype)
+        return w @ v
+
+
+PLANTED["counts-padding"] = (spec(BrokenCountsPadding), "masked-padding")

@@ -174,6 +174,47 @@ def check_mask(case: Case) -> str:
     return f"{int((~cm).sum())} masked elements have no influence"
 
 
+def _padding_applies(spec) -> str | None:
+    why = _needs_masks(spec)
+    if why:
+        return why
+    if spec.capabilities.equal_lengths:
+        return "capabilities.equal_lengths is True (the context cannot grow apart from x)"
+    if not spec.capabilities.context_set_axes:
+        return "capabilities.context_set_axes is empty (no axis along which padding can be appended)"
+    return None
+
+
+@harness_check("masked-padding", "pad", "appending masked context positions changes nothing",
+               applies=_padding_applies)
+def check_masked_padding(case: Case) -> str:
+    """Appending context positions that the mask hides (padding) leaves the output unchanged:
+    a layer may not count, normalise by or otherwise see how much padding a batch carries."""
+    module = case.build(torch.float64)
+    inputs = case.inputs(module, batch=2, query_len=7, context_len=5, mask="random")
+    ctx, cm = inputs.get("context"), inputs.get("context_mask")
+    if not isinstance(ctx, Tensor) or cm is None:
+        raise SkipCheck("make_inputs gave no context tensor to mask")
+    axes = case.caps.context_set_axes
+    with torch.no_grad():
+        out = _run(module, inputs)
+        for axis in axes:
+            if axis == 0 or axis >= ctx.ndim - 1:
+                raise CheckFailed(f"capabilities.context_set_axes names axis {axis} but context has shape "
+                                  f"{tuple(ctx.shape)}")
+            extra = list(ctx.shape)
+            extra[axis] = 4
+            pad = torch.randn(extra, generator=case.generator(11), dtype=ctx.dtype).to(ctx.device) * 10
+            padded = dict(inputs, context=torch.cat([ctx, pad], dim=axis),
+                          context_mask=torch.cat([cm, cm.new_zeros(extra[:-1])], dim=axis))
+            diff = max_diff(_run(module, padded), out, f"output with 4 masked positions appended on axis {axis}")
+            if not diff <= EXACT * scale(out):
+                raise CheckFailed(f"appending 4 masked context positions along axis {axis} changed the output "
+                                  f"by {diff:.3g}: the layer sees padding (e.g. it normalises by the context "
+                                  f"length counting masked positions) ({_describe(inputs)})")
+    return f"4 masked positions appended along context axes {list(axes)} change nothing"
+
+
 @harness_check("masked-rows", "rows", "fully masked rows are finite, context-free, zero attention term",
                applies=_needs_masks)
 def check_masked_rows(case: Case) -> str:
