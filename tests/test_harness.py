@@ -125,7 +125,7 @@ def test_no_reference_skips_the_oracle_checks():
 def test_selection_by_id_and_pattern():
     assert planned_checks(SOUND, checks="oracle-*,mask") == ["oracle-forward", "oracle-grad", "mask"]
     assert planned_checks(SOUND, checks=["law:*"]) == ["law:matches-multihead-attention"]
-    assert planned_checks(SOUND, slow=True)[-3:] == ["compile", "ddp", "law:matches-multihead-attention"]
+    assert planned_checks(SOUND, slow=True)[-4:] == ["compile", "ddp", "fsdp", "law:matches-multihead-attention"]
     assert "compile" not in planned_checks(SOUND)
 
 

@@ -46,6 +46,14 @@ def _ddp(case: Case) -> str:
     return check_ddp(case)
 
 
+@harness_check("fsdp", "fsdp", "2 FSDP2 (fully_shard) steps over 2 processes equal single-process training",
+               slow=True)
+def _fsdp(case: Case) -> str:
+    from zoo.harness.fsdp import check_fsdp
+
+    return check_fsdp(case)
+
+
 CHECKS: dict[str, Check] = dict(TABLE)
 """Every declared check by id, in the order they run (numeric, symmetry, lifecycle, slow)."""
 DEFAULT_CHECK_IDS = tuple(c.id for c in CHECKS.values() if not c.slow and c.default)

@@ -1,0 +1,56 @@
+"""The ``fsdp`` slow harness check (zoo/harness/fsdp.py): FSDP2 ``fully_shard`` training over
+two gloo processes equals one process; a layer that FSDP2 shards inconsistently fails it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch.nn.functional as F
+
+from zoo import check
+from zoo.functional import split_heads
+from zoo.harness import SLOW_CHECK_IDS, planned_checks
+
+from broken_layers import SOUND, Sound, spec  # noqa: I001
+
+slow = pytest.mark.skipif(os.environ.get("ZOO_RUN_SLOW", "") in ("", "0"),
+                          reason="slow harness checks: set ZOO_RUN_SLOW=1")
+
+
+class BrokenCachedWeight(Sound):
+    """Keeps its own reference to ``to_q.weight`` (in a list, so not a registered
+    parameter) and projects with it. One process: the same tensor, correct. Under FSDP2,
+    ``fully_shard`` swaps the registered parameter for a sharded one; the cached tensor is
+    neither gathered nor updated, so training silently uses a stale weight."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cached_q = [self.to_q.weight]
+
+    def project(self, x, c):
+        _, k, v = super().project(x, c)
+        return split_heads(F.linear(x, self._cached_q[0], self.to_q.bias), self.heads), k, v
+
+
+def test_fsdp_is_a_slow_check_that_runs_with_slow():
+    assert "fsdp" in SLOW_CHECK_IDS
+    assert "fsdp" in planned_checks(SOUND, slow=True) and "fsdp" not in planned_checks(SOUND)
+
+
+@slow
+@pytest.mark.slow
+def test_fsdp_passes_on_a_sound_layer():
+    result = check(SOUND, checks=["fsdp"], examples=SOUND.example_configs()[:1])["fsdp"]
+    assert result.passed, result.message
+    assert "FSDP2 over 2 gloo processes" in result.message
+
+
+@slow
+@pytest.mark.slow
+def test_fsdp_catches_a_layer_that_caches_a_parameter():
+    broken = spec(BrokenCachedWeight)
+    assert check(broken, checks=["oracle-forward", "state-dict"], examples=broken.example_configs()[:1]).passed
+    result = check(broken, checks=["fsdp"], examples=broken.example_configs()[:1])["fsdp"]
+    assert result.failed, result.message
+    assert "to_q.weight after 2 SGD steps with FSDP2" in result.message

@@ -1,0 +1,136 @@
+"""The ``fsdp`` slow check: FSDP2 (``torch.distributed.fsdp.fully_shard``) training equals one process.
+
+Two processes (gloo, on 127.0.0.1) each take half the batch. The layer is sharded with
+``fully_shard`` (its parameters become ``DTensor`` shards along dim 0; the root module's
+forward all-gathers them, backward reduce-scatters the gradients, averaged over ranks),
+then two SGD steps are taken. The full parameters (``DTensor.full_tensor()``) must equal
+two SGD steps of one process on the whole batch (float32 tolerance). Two steps, not one:
+the second step runs on parameters FSDP itself updated and re-gathered, which catches a
+layer that caches a parameter tensor (the cache goes stale once FSDP swaps its parameters
+for shards).
+
+A layer FSDP2 cannot shard is skipped with the reason (e.g. it cannot be pickled to the
+worker processes, or it holds no parameters). The layer's class must be importable by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+
+from zoo.harness.case import Case, CheckFailed, SkipCheck, _run, compare
+from zoo.harness.slow import DDP_TIMEOUT_S, LR, _free_port
+
+__all__ = ["check_fsdp"]
+
+STEPS = 2
+
+
+def _loss(out: torch.Tensor, cot: torch.Tensor, n: int) -> torch.Tensor:
+    return (out * cot).sum() / n
+
+
+def _fsdp_worker(rank: int, world: int, port: int, payload_path: str, out_dir: str) -> None:
+    """One FSDP2 rank: its half of the batch, STEPS SGD steps, rank 0 saves the full parameters."""
+    try:
+        import torch.distributed as dist
+        from torch.distributed.fsdp import fully_shard
+
+        torch.set_num_threads(1)
+        with open(payload_path, "rb") as fh:
+            payload = pickle.load(fh)
+        module, inputs, cot = payload["module"], payload["inputs"], payload["cot"]
+        batch = inputs["x"].shape[0]
+        per = batch // world
+        lo, hi = rank * per, (rank + 1) * per
+        shard = {k: (v[lo:hi] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == batch else v)
+                 for k, v in inputs.items()}
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        try:
+            fully_shard(module)
+            opt = torch.optim.SGD(module.parameters(), lr=LR)
+            for _ in range(STEPS):
+                opt.zero_grad(set_to_none=True)
+                _loss(module(**shard), cot[lo:hi], per).backward()
+                opt.step()
+            full = {}
+            for name, p in module.named_parameters():
+                full[name] = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            sharded = [n for n, p in module.named_parameters() if hasattr(p, "full_tensor")]
+            if rank == 0:
+                torch.save({"params": full, "sharded": sharded}, os.path.join(out_dir, "state.pt"))
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+    except BaseException:  # noqa: BLE001 - reported by the parent
+        Path(out_dir, f"error-{rank}.txt").write_text(traceback.format_exc())
+        raise
+    Path(out_dir, f"done-{rank}").touch()
+    os._exit(0)  # skip interpreter teardown: gloo's threads can abort it (see the ddp check)
+
+
+def check_fsdp(case: Case) -> str:
+    import torch.multiprocessing as mp
+
+    if case.device.type != "cpu":
+        raise SkipCheck("the fsdp check runs on CPU with gloo")
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError as exc:  # torch < 2.6
+        raise SkipCheck(f"this torch has no FSDP2 (torch.distributed.fsdp.fully_shard): {exc}") from exc
+    overrides = {"dropout": 0.0} if case.has_field("dropout") else {}
+    module = case.build(torch.float32, **overrides).train()
+    if not any(p.requires_grad for p in module.parameters()):
+        raise SkipCheck("the layer has no trainable parameters: nothing for FSDP to shard")
+    world, batch = 2, 4
+    inputs = case.inputs(module, batch=batch, query_len=7, context_len=5, dtype=torch.float32)
+    cot = torch.randn(inputs["x"].shape, generator=case.generator(59))
+    try:
+        blob = pickle.dumps({"module": copy.deepcopy(module), "inputs": inputs, "cot": cot})
+    except Exception as exc:  # noqa: BLE001
+        raise SkipCheck(f"the layer cannot be pickled for worker processes ({type(exc).__name__}: {exc})") from exc
+    single = copy.deepcopy(module)
+    opt = torch.optim.SGD(single.parameters(), lr=LR)
+    for _ in range(STEPS):
+        opt.zero_grad(set_to_none=True)
+        _loss(_run(single, inputs), cot, batch).backward()
+        opt.step()
+    expected = dict(single.named_parameters())
+
+    with tempfile.TemporaryDirectory(prefix="zoo-fsdp-") as tmp:
+        payload = os.path.join(tmp, "payload.pkl")
+        Path(payload).write_bytes(blob)
+        ctx = mp.get_context("spawn")
+        port = _free_port()
+        procs = [ctx.Process(target=_fsdp_worker, args=(r, world, port, payload, tmp), daemon=True)
+                 for r in range(world)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(DDP_TIMEOUT_S)
+        hung = [i for i, p in enumerate(procs) if p.is_alive()]
+        for i in hung:
+            procs[i].kill()
+            procs[i].join(5)
+        errors = sorted(Path(tmp).glob("error-*.txt"))
+        if errors:
+            tail = errors[0].read_text().strip().splitlines()[-1]
+            raise CheckFailed(f"an FSDP2 worker failed: {tail}")
+        if hung:
+            raise CheckFailed(f"FSDP2 worker(s) {hung} did not finish within {DDP_TIMEOUT_S:g} s")
+        if not all(Path(tmp, f"done-{r}").exists() for r in range(world)):
+            raise CheckFailed(f"FSDP2 workers exited with status {[p.exitcode for p in procs]}")
+        got = torch.load(os.path.join(tmp, "state.pt"), weights_only=True)
+    for name, value in expected.items():
+        if name not in got["params"]:
+            raise CheckFailed(f"the FSDP2-sharded layer lacks parameter {name!r}")
+        compare(got["params"][name], value.detach(), 1e-5, 1e-4,
+                f"{name} after {STEPS} SGD steps with FSDP2 over {world} processes vs one process on the whole batch")
+    return (f"FSDP2 over {world} gloo processes ({len(got['sharded'])} parameters sharded) "
+            f"matches single-process training for {STEPS} steps")
