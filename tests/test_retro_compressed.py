@@ -250,3 +250,32 @@ def test_sharded_index_rejects_bad_shards():
         ShardedIndex([])
     with pytest.raises(ValueError, match="same vector width"):
         ShardedIndex([faiss.IndexFlatL2(4), faiss.IndexFlatL2(8)])
+
+
+# ------------------------------------------------------------------ exact re-scoring from stored vectors
+
+
+def test_rerank_rescores_compressed_candidates_with_the_stored_vectors(tmp_path, vectors):
+    db = RetroDatabase.build(_docs(len(vectors)), chunk_size=4, embeddings=vectors, index="ivfpq", nlist=16,
+                             nprobe=16, pq_m=4, opq=False, keep_vectors=True)
+    assert db.vectors.dtype == np.float16 and db.vectors.shape == vectors.shape
+    flat = faiss.IndexFlatL2(D)
+    flat.add(vectors)
+    q = _clustered(200, seed=5)
+    _, exact = flat.search(q, 10)
+    _, plain = db.search(q, 10)
+    _, better = db.search(q, 10, rerank=200)
+    assert _recall(better, exact) > _recall(plain, exact) + 0.1 and _recall(better, exact) > 0.95
+    root = db.save(tmp_path / "db")
+    loaded = RetroDatabase.load(root, mmap=True)
+    assert isinstance(loaded.vectors, np.memmap)
+    for a, b in zip(loaded.search(q, 10, rerank=200), db.search(q, 10, rerank=200)):
+        np.testing.assert_array_equal(a, b)
+    ex = db.chunk_docs[np.arange(200)]
+    _, ie = loaded.search(q[:5] * 0 + vectors[:5], 10, rerank=200, exclude_docs=ex[:5])
+    assert not (db.chunk_docs[ie] == ex[:5, None]).any()
+    with pytest.raises(ValueError, match="rerank must be a positive integer"):
+        db.search(q, 10, rerank=0)
+    plain_db = RetroDatabase.build(_docs(100), chunk_size=4, embeddings=vectors[:100], index="flat")
+    with pytest.raises(ValueError, match="rerank needs the chunk vectors: build the database with keep_vectors=True"):
+        plain_db.search(q, 3, rerank=10)

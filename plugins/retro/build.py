@@ -129,6 +129,7 @@ def build_database(
     shards: int | None = None,
     work_dir: str | os.PathLike | None = None,
     keep_work: bool = False,
+    keep_vectors: bool = False,
     chunk_size: int = 64,
     embedder: Any = None,
     tokenizer: Any = None,
@@ -150,6 +151,7 @@ def build_database(
         work_dir: where the stage files go (default ``<out>.build``); kept after a
             failure so that the same call resumes, removed after success unless
             ``keep_work``.
+        keep_vectors: save the chunk vectors (float16) for ``search(..., rerank=R)``.
         progress: notes on stderr (default: for 50,000 chunks or more).
         Others: as :meth:`~.database.RetroDatabase.build`.
     """
@@ -242,7 +244,9 @@ def build_database(
         _index.set_nprobe(merged, info, nprobe)
     elif info.get("nlist"):
         _index.set_nprobe(merged, info, info["nprobe"])
-    db = RetroDatabase(store=store, index=merged, index_info=info, embedder=embedder, tokenizer=tokenizer)
+    vectors = np.concatenate([np.asarray(e, dtype=np.float16) for e in embs]) if keep_vectors else None
+    db = RetroDatabase(store=store, index=merged, index_info=info, embedder=embedder, tokenizer=tokenizer,
+                       vectors=vectors)
     db.save(out)
     note(f"retro: built {db!r} in {time.perf_counter() - start:.1f}s", enabled=progress)
     if not keep_work:

@@ -4,9 +4,9 @@
 
     zoo retro build CORPUS OUT [--chunk-size 64] [--split paragraph|line|file]
                                [--index auto|flat|ivf|ivfpq|FACTORY] [--nlist N] [--nprobe N]
-                               [--pq-m 32] [--no-opq] [--embedder auto|minilm|hashing] [--dim 256]
+                               [--pq-m 32] [--no-opq] [--keep-vectors] [--embedder auto|minilm|hashing] [--dim 256]
                                [--engine local|ray] [--address ADDR] [--shards N] [--work-dir DIR]
-    zoo retro query DB TEXT [-k 2] [--nprobe N] [--mmap] [--json]
+    zoo retro query DB TEXT [-k 2] [--nprobe N] [--rerank N] [--mmap] [--json]
     zoo retro info DB
 
 ``CORPUS`` is a text file, a directory of ``*.txt`` files (each cut by ``--split``)
@@ -55,6 +55,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--pq-m", type=int, default=None, help="ivfpq: PQ code bytes per chunk (default 32)")
     b.add_argument("--no-opq", dest="opq", action="store_false", default=None,
                    help="ivfpq: no OPQ rotation before PQ (faster training, usually lower recall)")
+    b.add_argument("--keep-vectors", action="store_true",
+                   help="also save the chunk vectors (float16, memory-mapped) so that queries can --rerank")
     b.add_argument("--dim", type=int, default=256, help="vector width of the hashing embedder (default 256)")
     b.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="run the shards in this process (local, default) or on Ray (pip install "
@@ -73,6 +75,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("text", help="the query text")
     q.add_argument("-k", type=int, default=2, help="neighbours to show (default 2)")
     q.add_argument("--nprobe", type=int, default=None, help="override the IVF nprobe for this query")
+    q.add_argument("--rerank", type=int, default=None,
+                   help="re-score this many candidates exactly (a database built with --keep-vectors)")
     q.add_argument("--mmap", action="store_true",
                    help="keep the IVF inverted lists on disk (read only the probed lists: databases larger than RAM)")
     q.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -137,7 +141,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         db = build_database((tokenizer.encode(t) for t in docs), args.out, engine=args.engine, address=args.address,
                             shards=args.shards, work_dir=args.work_dir, tokenizer=tokenizer,
                             chunk_size=args.chunk_size, embedder=embedder, index=args.index, nlist=args.nlist,
-                            nprobe=args.nprobe, pq_m=args.pq_m, opq=args.opq, progress=progress)
+                            nprobe=args.nprobe, pq_m=args.pq_m, opq=args.opq, keep_vectors=args.keep_vectors,
+                            progress=progress)
         out = Path(args.out)
     except (ValueError, OSError, ImportError) as exc:
         return _fail(str(exc))
@@ -155,7 +160,7 @@ def cmd_query(args: argparse.Namespace) -> int:
         db = RetroDatabase.load(args.db, mmap=args.mmap)
         if args.nprobe is not None:
             db.set_nprobe(args.nprobe)
-        hits = db.query(args.text, k=args.k)
+        hits = db.query(args.text, k=args.k, rerank=args.rerank)
     except (ValueError, ImportError, OSError) as exc:
         return _fail(str(exc))
     if args.json:

@@ -104,6 +104,7 @@ class RetroDatabase:
         embedder_cfg: dict[str, Any] | None = None,
         tokenizer: Any = None,
         store: ChunkStore | None = None,
+        vectors: np.ndarray | None = None,
     ) -> None:
         if store is None:  # fixed chunks of chunk_size tokens
             store = ChunkStore(tokens, doc_offsets, chunk_size, chunk_starts(doc_offsets, chunk_size))
@@ -114,6 +115,9 @@ class RetroDatabase:
         self.embedder_cfg = embedder_cfg if embedder_cfg is not None else (
             embedder_config(embedder) if embedder is not None else {"kind": "custom", "name": "unknown"})
         self.tokenizer = tokenizer
+        self.vectors = vectors
+        """Optional float16 ``(n_chunks, dim)`` chunk vectors (memory-mapped once saved): with them,
+        ``search(..., rerank=R)`` re-scores a compressed index's ``R`` best candidates exactly."""
 
     # ---------------------------------------------------------------- sizes
 
@@ -160,6 +164,7 @@ class RetroDatabase:
         pq_m: int | None = None,
         opq: bool | None = None,
         embeddings: np.ndarray | None = None,
+        keep_vectors: bool = False,
         batch_size: int = 4096,
         progress: bool | None = None,
         seed: int = 0,
@@ -183,6 +188,8 @@ class RetroDatabase:
                 the OPQ rotation (default on).
             embeddings: precomputed chunk embeddings ``(n_chunks, d)`` in chunk order
                 (e.g. from a GPU pipeline); ``embedder`` then only embeds queries.
+            keep_vectors: keep the chunk vectors as float16 (saved as a memory-mapped
+                file, ``2 * dim`` bytes per chunk on disk) for ``search(..., rerank=R)``.
             batch_size: chunks per embedder call.
             progress: show progress on stderr; default: for 50,000 chunks or more.
             seed: IVF training seed.
@@ -230,6 +237,7 @@ class RetroDatabase:
                                          f"an embedder must always return the same dim")
                     emb[lo : lo + len(ids)] = vec
                     bar.update(len(ids))
+        db.vectors = emb.astype(np.float16) if keep_vectors else None
         db.index, db.index_info = build_index(emb, index, nlist=nlist, nprobe=nprobe, pq_m=pq_m, opq=opq, seed=seed,
                                               progress=show)
         note(f"retro: built {db!r} in {time.perf_counter() - start:.1f}s", enabled=show)
@@ -279,8 +287,8 @@ class RetroDatabase:
             raise ValueError("the embedder returned NaN or infinite values")
         return np.ascontiguousarray(vec, dtype=np.float32)
 
-    def search(self, queries: Any, k: int, *, exclude_docs: Any = None,
-               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: Any, k: int, *, exclude_docs: Any = None, nprobe: int | None = None,
+               rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest chunks of each query vector.
 
         Args:
@@ -289,6 +297,9 @@ class RetroDatabase:
             exclude_docs: optional ``(n,)`` document ids: chunks of ``exclude_docs[i]``
                 are never returned for query ``i`` (``-1``: exclude nothing).
             nprobe: IVF lists searched for this call only (default: the database's).
+            rerank: take this many candidates from the (compressed) index and return
+                the ``k`` nearest by exact distance to their stored vectors (needs a
+                database built with ``keep_vectors=True``).
 
         Returns:
             ``(distances, ids)``: float32 ``(n, k)`` squared L2 distances, ascending,
@@ -305,15 +316,22 @@ class RetroDatabase:
         ids = np.full((n, k), -1, dtype=np.int64)
         if n == 0:
             return dist, ids
+        if rerank is not None:
+            if self.vectors is None:
+                raise ValueError("rerank needs the chunk vectors: build the database with keep_vectors=True "
+                                 "(zoo retro build --keep-vectors)")
+            if isinstance(rerank, bool) or not isinstance(rerank, (int, np.integer)) or rerank < 1:
+                raise ValueError(f"rerank must be a positive integer (candidates to re-score), got {rerank!r}")
         if nprobe is not None and nprobe != self.index_info.get("nprobe"):
             saved = self.index_info["nprobe"] if self.index_info.get("nlist") else None
             _index.set_nprobe(self.index, self.index_info, nprobe)
             try:
-                return self.search(q, k, exclude_docs=exclude_docs)
+                return self.search(q, k, exclude_docs=exclude_docs, rerank=rerank)
             finally:
                 _index.set_nprobe(self.index, self.index_info, saved)
+        knn = self.index.search if rerank is None else (lambda x, kk: self._reranked(x, kk, int(rerank)))
         if exclude_docs is None:
-            d, i = self.index.search(q, int(min(k, total)))
+            d, i = knn(q, int(min(k, total)))
             dist[:, : d.shape[1]], ids[:, : i.shape[1]] = d, i
             dist[ids < 0] = np.inf
             return dist, ids
@@ -323,7 +341,7 @@ class RetroDatabase:
         todo = np.arange(n)
         fetch = int(min(total, 2 * k + 16))
         while todo.size:
-            d, i = self.index.search(q[todo], fetch)
+            d, i = knn(q[todo], fetch)
             docs = np.where(i >= 0, self.chunk_docs[np.maximum(i, 0)], -2)
             keep = (i >= 0) & (docs != ex[todo, None])
             rank = np.cumsum(keep, axis=1)
@@ -337,6 +355,17 @@ class RetroDatabase:
             todo = todo[~done]
             fetch = int(min(total, fetch * 4))
         return dist, ids
+
+    def _reranked(self, q: np.ndarray, k: int, rerank: int) -> tuple[np.ndarray, np.ndarray]:
+        """The index's ``max(k, rerank)`` best, re-scored exactly with the stored vectors; the ``k`` best."""
+        _, cand = self.index.search(q, int(min(max(k, rerank), self.index.ntotal)))
+        rows = np.unique(cand[cand >= 0])
+        vec = np.asarray(self.vectors[rows], dtype=np.float32)[np.searchsorted(rows, np.maximum(cand, 0))]
+        dist = ((vec - q[:, None, :]) ** 2).sum(-1, dtype=np.float32)
+        dist[cand < 0] = np.inf
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+        d, i = np.take_along_axis(dist, order, 1), np.take_along_axis(cand, order, 1)
+        return d, np.where(np.isinf(d), -1, i)
 
     def retrieve(self, sequences: Any, k: int = 2, *, exclude_docs: Any = None, pad_id: int = 0) -> Retrieved:
         """Neighbours of every complete chunk of each sequence, ready for the ``retro`` layer.
@@ -378,7 +407,8 @@ class RetroDatabase:
         return Retrieved(tokens=tokens.reshape(b, l, k, 2 * m), mask=mask.reshape(b, l, k, 2 * m),
                          chunk_ids=ids.reshape(b, l, k), distances=dist.reshape(b, l, k))
 
-    def query(self, text: str | Sequence[int], k: int = 2, *, exclude_doc: int | None = None) -> list[dict[str, Any]]:
+    def query(self, text: str | Sequence[int], k: int = 2, *, exclude_doc: int | None = None,
+              rerank: int | None = None) -> list[dict[str, Any]]:
         """The ``k`` nearest chunks of one text (or token sequence), for people and the CLI.
 
         Returns a list of ``{"rank", "chunk_id", "doc", "distance", "tokens",
@@ -394,7 +424,7 @@ class RetroDatabase:
         if tokens.size == 0:
             raise ValueError("the query is empty")
         ex = None if exclude_doc is None else [exclude_doc]
-        dist, ids = self.search(self.embed(tokens.reshape(1, -1)), k, exclude_docs=ex)
+        dist, ids = self.search(self.embed(tokens.reshape(1, -1)), k, exclude_docs=ex, rerank=rerank)
         neigh, mask = self.neighbours(ids[0])
         hits = []
         for rank, (cid, d) in enumerate(zip(ids[0].tolist(), dist[0].tolist())):

@@ -9,6 +9,8 @@
                            tokenizer's vocabulary allows (uint16 for MiniLM's 30,522
                            ids, uint8 for bytes): memory-mapped on load, read as needed
     store-<tag>.npz        doc_offsets (D+1,), chunk_starts (n_chunks,): plain arrays, no pickle
+    vectors-<tag>.npy      optional: float16 chunk vectors (n_chunks, dim), memory-mapped, for
+                           exact re-scoring of a compressed index's candidates (``rerank``)
     index-<tag>.faiss      the FAISS index; ``load(..., mmap=True)`` maps an IVF index's
                            inverted lists from this file instead of reading them, so a
                            search reads only the lists it probes
@@ -69,8 +71,8 @@ LOCK_TIMEOUT_S = 120.0
 
 _TAG = r"\d{14}-[0-9a-f]{8}"
 _OWN_FILE = re.compile(
-    rf"^((store-{_TAG}\.npz|tokens-{_TAG}\.npy|index-{_TAG}\.faiss)"
-    rf"|\.(store-{_TAG}\.npz|tokens-{_TAG}\.npy|index-{_TAG}\.faiss|manifest\.json)(\.[A-Za-z0-9_-]+)?\.tmp)$"
+    rf"^((store-{_TAG}\.npz|tokens-{_TAG}\.npy|vectors-{_TAG}\.npy|index-{_TAG}\.faiss)"
+    rf"|\.(store-{_TAG}\.npz|(tokens|vectors)-{_TAG}\.npy|index-{_TAG}\.faiss|manifest\.json)(\.[A-Za-z0-9_-]+)?\.tmp)$"
 )
 """Names :func:`save` writes (and the temporary files of a killed save); only these are deleted."""
 
@@ -167,11 +169,17 @@ def save(db: Any, path: str | os.PathLike) -> Path:
     tag = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(4)
     names = {"tokens": f"tokens-{tag}.npy", "store": f"store-{tag}.npz", "index": f"index-{tag}.faiss"}
     dtype = token_dtype(db.tokens, db.tokenizer)
+    vectors = getattr(db, "vectors", None)
+    if vectors is not None:
+        names["vectors"] = f"vectors-{tag}.npy"
     with _locked(root, shared=False):
         files: dict[str, Any] = {}
         try:
             with atomic_write(root / names["tokens"]) as f:
                 _write_npy(f, db.tokens, dtype)
+            if vectors is not None:
+                with atomic_write(root / names["vectors"]) as f:
+                    np.lib.format.write_array(f, np.ascontiguousarray(vectors, dtype=np.float16))
             with atomic_write(root / names["store"]) as f:
                 np.savez(f, doc_offsets=db.doc_offsets, chunk_starts=db.chunk_starts)
             with atomic_write(root / names["index"]) as f:
@@ -247,7 +255,9 @@ def load(path: str | os.PathLike, *, embedder: Any = None, verify: bool = True, 
             raise ValueError(f"{mpath} is corrupt (not valid JSON: {exc}); rebuild the database") from None
         man = check_manifest(manifest, mpath)
         paths = {}
-        for key in ("tokens", "store", "index") if man["version"] >= 3 else ("store", "index"):
+        for key in ("tokens", "store", "index", "vectors") if man["version"] >= 3 else ("store", "index"):
+            if key not in man["files"]:
+                continue
             entry = man["files"][key]
             fp = root / entry["name"]
             if not fp.is_file():
@@ -260,6 +270,15 @@ def load(path: str | os.PathLike, *, embedder: Any = None, verify: bool = True, 
             paths[key] = fp
         store = _read_store(paths["store"], man, paths.get("tokens"))
         index = _read_index(paths["index"], man, mmap=mmap)
+        vectors = None
+        if "vectors" in paths:
+            try:
+                vectors = np.load(paths["vectors"], mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise ValueError(f"{paths['vectors']} is not a valid vector array ({exc}); the file is corrupt") from None
+            if vectors.shape != (man["n_chunks"], man["dim"]) or vectors.dtype != np.float16:
+                raise ValueError(f"{paths['vectors']} holds {vectors.dtype} {vectors.shape}, the manifest says "
+                                 f"float16 ({man['n_chunks']}, {man['dim']})")
     ecfg = man["embedder"]
     if embedder is None:
         try:
@@ -275,7 +294,7 @@ def load(path: str | os.PathLike, *, embedder: Any = None, verify: bool = True, 
         if isinstance(dim, int) and dim != man["dim"]:
             raise ValueError(f"the embedder's dim {dim} differs from the index width {man['dim']}")
     return {"store": store, "index": index, "index_info": dict(man["index"]), "embedder": embedder,
-            "embedder_cfg": ecfg, "tokenizer": tokenizer_from_config(man["tokenizer"])}
+            "embedder_cfg": ecfg, "tokenizer": tokenizer_from_config(man["tokenizer"]), "vectors": vectors}
 
 
 def _read_store(fp: Path, man: dict[str, Any], tokens_fp: Path | None) -> ChunkStore:
@@ -386,7 +405,9 @@ def check_manifest(man: Any, mpath: Path) -> dict[str, Any]:
     files = man.get("files")
     if not isinstance(files, dict):
         raise bad("files", "must be an object")
-    for key in ("tokens", "store", "index") if man["version"] >= 3 else ("store", "index"):
+    required = ("tokens", "store", "index") if man["version"] >= 3 else ("store", "index")
+    optional = ("vectors",) if man["version"] >= 3 else ()
+    for key in (*required, *(o for o in optional if o in files)):
         e = files.get(key)
         if not (isinstance(e, dict) and isinstance(e.get("name"), str) and _is_int(e.get("bytes"))
                 and isinstance(e.get("sha256"), str)):
