@@ -215,10 +215,7 @@ def build_database(
             info = json.loads((work / "trained.json").read_text())
             note("retro: resuming: the index is already trained", enabled=progress)
         else:
-            rows = np.zeros(1, np.int64)
-            if kind != "flat":
-                guess = nlist if isinstance(nlist, (int, np.integer)) else _index.default_nlist(n)
-                rows = _index.sample_rows(n, _index.train_sample_size(n, guess, pq=kind != "ivf"), seed)
+            rows = _index.training_rows(n, kind, nlist, seed)
             sample = np.concatenate([embs[s][rows[(rows >= lo) & (rows < hi)] - lo]
                                      for s, (lo, hi) in enumerate(bounds)]).reshape(-1, d)
             trained, info = _index.train_index(sample, kind, n, nlist=nlist, nprobe=nprobe, pq_m=pq_m, opq=opq,

@@ -205,6 +205,20 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
+def training_rows(n: int, kind: str, nlist: int | None, seed: int) -> np.ndarray:
+    """Which of ``n`` vectors (sorted row numbers) train an index of ``kind`` (resolved, not
+    ``"auto"``): one row for flat (nothing to train), else :func:`train_sample_size` rows
+    drawn with ``seed`` (IVF lists from ``nlist``, the default, or the factory string)."""
+    if kind == "flat":
+        return np.zeros(1, np.int64)
+    if kind in ("ivf", "ivfpq"):
+        guess = nlist if isinstance(nlist, (int, np.integer)) else default_nlist(n)
+    else:  # a factory string: its IVF list count, if any
+        found = re.search(r"IVF(\d+)", kind)
+        guess = int(found.group(1)) if found else None
+    return sample_rows(n, train_sample_size(n, guess, pq=kind != "ivf"), seed)
+
+
 def build_index(
     embeddings: np.ndarray,
     kind: str = "auto",
@@ -238,16 +252,7 @@ def build_index(
         raise ValueError(f"embeddings must be a non-empty (n, d) array, got shape {x.shape}")
     n = x.shape[0]
     resolved = ("flat" if n < AUTO_IVF_MIN_CHUNKS else "ivf") if kind == "auto" else kind
-    if resolved == "flat":
-        sample = x[:1]
-    else:
-        if resolved in ("ivf", "ivfpq"):
-            guess = nlist if isinstance(nlist, (int, np.integer)) else default_nlist(n)
-        else:  # a factory string: its IVF list count, if any
-            found = re.search(r"IVF(\d+)", resolved)
-            guess = int(found.group(1)) if found else None
-        size = train_sample_size(n, guess, pq=resolved != "ivf")
-        sample = x[sample_rows(n, size, seed)]
+    sample = x[training_rows(n, resolved, nlist, seed)]
     index, info = train_index(sample, resolved, n, nlist=nlist, nprobe=nprobe, pq_m=pq_m, opq=opq, seed=seed,
                               progress=progress)
     add_vectors(index, x, progress=progress, batch_size=batch_size)
