@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only these check ids or fnmatch patterns (comma-separated, repeatable), "
                              "e.g. -k oracle-*,mask or -k 'law:*'")
     parser.add_argument("--slow", action="store_true",
-                        help="also run the slow checks: compile (torch.compile) and ddp (2-process gloo)")
+                        help="also run the slow checks: compile (torch.compile), ddp and fsdp (2-process gloo)")
     parser.add_argument("--dtype", action="append", default=None, metavar="DTYPE",
                         help="dtypes for the shape/oracle checks (float32, float64, bfloat16; repeatable); "
                              "default all three")
