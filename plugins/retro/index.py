@@ -4,10 +4,12 @@ Kinds (``index=`` of :meth:`~.database.RetroDatabase.build` and ``zoo retro buil
 
 - ``"flat"``: exact ``IndexFlatL2``, float32 vectors (``4 * dim`` bytes per chunk).
 - ``"ivf"``: ``IVF{nlist},Flat``, a k-means coarse quantizer over float32 vectors.
-- ``"ivfpq"``: ``OPQ{m},IVF{nlist},PQ{m}np``: the coarse quantizer plus product-quantized
+- ``"ivfpq"``: ``IVF{nlist},PQ{m}np``: the coarse quantizer plus product-quantized
   residuals, ``m`` bytes of code and an 8-byte id per chunk (``m = 32``: 40 bytes,
-  against 1,552 for a 384-d flat index); OPQ rotates the vectors first so that the
-  ``m`` sub-vectors carry similar energy (``opq=False`` drops it).
+  against 1,552 for a 384-d flat index). ``opq=True`` rotates the vectors first
+  (``OPQ{m},IVF{nlist},PQ{m}np``) so that the ``m`` sub-vectors carry similar energy.
+  It is off by default: on this project's 2-core machine OPQ made training about 10x
+  slower (benchmarks/RESULTS-retrieval.md), and its recall gain was not measured there.
 - any other string is a FAISS ``index_factory`` string for experts (``"IVF4096,PQ48"``,
   ``"OPQ32_128,IVF1024_HNSW32,PQ32"``); it must build an L2 index.
 - ``"auto"``: flat below :data:`AUTO_IVF_MIN_CHUNKS`, IVF from there.
@@ -89,7 +91,7 @@ def factory_string(kind: str, d: int, nlist: int, *, pq_m: int | None = None, op
                          f"gets d/m dims), got {pq_m}; e.g. pq_m=32 for width 384 or 256")
     # np: no polysemous training (a slow annealing of the code order that only the
     # polysemous search, which the database does not use, needs)
-    return f"{'OPQ%d,' % m if opq is None or opq else ''}IVF{nlist},PQ{m}np"
+    return f"{'OPQ%d,' % m if opq else ''}IVF{nlist},PQ{m}np"
 
 
 def _ivf(index: Any) -> Any | None:
@@ -240,7 +242,7 @@ def build_index(
         nlist: IVF lists (default :func:`default_nlist`).
         nprobe: IVF lists searched per query (default :func:`default_nprobe`).
         pq_m, opq: ``ivfpq`` only: code bytes per vector (default 32) and whether to
-            rotate with OPQ first (default True).
+            rotate with OPQ first (default False).
         seed: seeds the training sample and k-means.
         progress: show progress on stderr.
 
