@@ -61,7 +61,10 @@ def _fsdp_worker(rank: int, world: int, port: int, payload_path: str, out_dir: s
                 opt.step()
             full = {}
             for name, p in module.named_parameters():
-                full[name] = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+                if p.numel() == 0:  # torch 2.13: full_tensor() of a 0-row shard fails an unpad assert
+                    full[name] = torch.zeros(p.shape)
+                else:
+                    full[name] = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
             sharded = [n for n, p in module.named_parameters() if hasattr(p, "full_tensor")]
             if rank == 0:
                 torch.save({"params": full, "sharded": sharded}, os.path.join(out_dir, "state.pt"))
