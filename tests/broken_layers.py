@@ -231,6 +231,21 @@ class BrokenBatchStatistics(Sound):
         return out / (1.0 + out.detach().pow(2).mean().sqrt())
 
 
+class BrokenCachedWeight(Sound):
+    """Keeps its own reference to ``to_q.weight`` (in a list, so not a registered
+    parameter) and projects with it. One process: the same tensor, correct. Under FSDP2,
+    ``fully_shard`` swaps the registered parameter for a sharded one; the cached tensor is
+    neither gathered nor updated, so training silently uses a stale weight."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cached_q = [self.to_q.weight]
+
+    def project(self, x, c):
+        _, k, v = super().project(x, c)
+        return split_heads(F.linear(x, self._cached_q[0], self.to_q.bias), self.heads), k, v
+
+
 EQUAL_DIMS = ({"query_dim": 16, "heads": 2, "dim_head": 8, "bias": True, "dropout": 0.25},)
 
 
@@ -272,6 +287,7 @@ PLANTED: dict[str, tuple[zoo.VariantSpec, str]] = {
 PLANTED_SLOW: dict[str, tuple[zoo.VariantSpec, str]] = {
     "differs-under-compile": (spec(BrokenCompile), "compile"),
     "batch-statistics-under-ddp": (spec(BrokenBatchStatistics), "ddp"),
+    "cached-weight-under-fsdp": (spec(BrokenCachedWeight), "fsdp"),
 }
 
 SOUND = spec(Sound)

@@ -6,31 +6,14 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch.nn.functional as F
 
 from zoo import check
-from zoo.functional import split_heads
 from zoo.harness import SLOW_CHECK_IDS, planned_checks
 
-from broken_layers import SOUND, Sound, spec  # noqa: I001
+from broken_layers import SOUND, BrokenCachedWeight, spec  # noqa: I001
 
 slow = pytest.mark.skipif(os.environ.get("ZOO_RUN_SLOW", "") in ("", "0"),
                           reason="slow harness checks: set ZOO_RUN_SLOW=1")
-
-
-class BrokenCachedWeight(Sound):
-    """Keeps its own reference to ``to_q.weight`` (in a list, so not a registered
-    parameter) and projects with it. One process: the same tensor, correct. Under FSDP2,
-    ``fully_shard`` swaps the registered parameter for a sharded one; the cached tensor is
-    neither gathered nor updated, so training silently uses a stale weight."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._cached_q = [self.to_q.weight]
-
-    def project(self, x, c):
-        _, k, v = super().project(x, c)
-        return split_heads(F.linear(x, self._cached_q[0], self.to_q.bias), self.heads), k, v
 
 
 def test_fsdp_is_a_slow_check_that_runs_with_slow():
