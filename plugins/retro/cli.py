@@ -6,7 +6,7 @@
                                [--index auto|flat|ivf|ivfpq|FACTORY] [--nlist N] [--nprobe N]
                                [--pq-m 32] [--opq] [--keep-vectors] [--embedder auto|minilm|hashing] [--dim 256]
                                [--engine local|ray] [--address ADDR] [--shards N] [--work-dir DIR]
-    zoo retro query DB TEXT [-k 2] [--nprobe N] [--rerank N] [--mmap] [--json]
+    zoo retro query DB [TEXT... | -] [-k 2] [--nprobe N] [--rerank N] [--mmap] [--json [PATH|-]]
     zoo retro info DB
 
 ``CORPUS`` is a text file, a directory of ``*.txt`` files (each cut by ``--split``)
@@ -70,16 +70,20 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--quiet", action="store_true", help="never show progress")
     b.set_defaults(func=cmd_build)
 
-    q = sub.add_parser("query", help="print the nearest chunks (with continuations) of a text")
+    q = sub.add_parser("query", help="print the nearest chunks (with continuations) of one or more texts")
     q.add_argument("db", help="database directory")
-    q.add_argument("text", help="the query text")
+    q.add_argument("texts", nargs="*", metavar="TEXT",
+                   help="query texts, each its own query (none, or '-': one query per line of standard input; "
+                        "the database loads once for all)")
     q.add_argument("-k", type=int, default=2, help="neighbours to show (default 2)")
     q.add_argument("--nprobe", type=int, default=None, help="override the IVF nprobe for this query")
     q.add_argument("--rerank", type=int, default=None,
                    help="re-score this many candidates exactly (a database built with --keep-vectors)")
     q.add_argument("--mmap", action="store_true",
                    help="keep the IVF inverted lists on disk (read only the probed lists: databases larger than RAM)")
-    q.add_argument("--json", action="store_true", help="print JSON instead of text")
+    q.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH|-",
+                   help="write JSON (a list with one {query, hits} per query) to PATH, or alone on stdout with "
+                        "'-' (also when given without a value)")
     q.set_defaults(func=cmd_query)
 
     i = sub.add_parser("info", help="describe a saved database")
@@ -120,7 +124,39 @@ def _read_documents(corpus: str, split: str) -> list[str]:
     return docs
 
 
+# Bounds on sizes a command line can ask for: far beyond any real use, well before memory runs out.
+MAX_CHUNK_SIZE = 8192
+MAX_HASHING_DIM = 16384
+
+
+def _build_usage(args: argparse.Namespace) -> str | None:
+    """Why these build options cannot work (``None``: they can); checked before any work."""
+    from attention_zoo_plugins.retro.storage import MANIFEST, check_replaceable
+
+    if not 1 <= args.chunk_size <= MAX_CHUNK_SIZE:
+        return f"--chunk-size {args.chunk_size}: a chunk is 1 to {MAX_CHUNK_SIZE} tokens (RETRO uses 64)"
+    if not 8 <= args.dim <= MAX_HASHING_DIM:
+        return f"--dim {args.dim}: the hashing embedder's width is 8 to {MAX_HASHING_DIM} (default 256)"
+    for flag in ("nlist", "nprobe", "pq_m", "shards"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            return f"--{flag.replace('_', '-')} {value}: must be at least 1"
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        return f"{out} exists and is not a directory; a RETRO database is a directory"
+    if (out / MANIFEST).exists():
+        try:
+            check_replaceable(out)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
 def cmd_build(args: argparse.Namespace) -> int:
+    problem = _build_usage(args)
+    if problem:
+        print(f"zoo retro build: {problem}", file=sys.stderr)
+        return 2
     from attention_zoo_plugins.retro.build import build_database
     from attention_zoo_plugins.retro.embedders import HashingEmbedder, MiniLMEmbedder
     from attention_zoo_plugins.retro.tokenizer import ByteTokenizer, WordPieceTokenizer
@@ -153,23 +189,52 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _query_texts(texts: list[str]) -> list[str]:
+    if not texts or texts == ["-"]:
+        return [line.strip() for line in sys.stdin if line.strip()]
+    return texts
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from attention_zoo_plugins.retro.database import RetroDatabase
+    from zoo.cli import json_stdout, usage_output_path
 
+    problem = (f"-k {args.k}: ask for at least 1 neighbour" if args.k < 1 else
+               f"--rerank {args.rerank}: must be at least 1" if args.rerank is not None and args.rerank < 1 else
+               f"--nprobe {args.nprobe}: must be at least 1" if args.nprobe is not None and args.nprobe < 1 else
+               usage_output_path("--json", args.json))
+    if problem:
+        print(f"zoo retro query: {problem}", file=sys.stderr)
+        return 2
+    texts = _query_texts(args.texts)
+    if not texts:
+        print("zoo retro query: no query text (give TEXT arguments, or lines on standard input)", file=sys.stderr)
+        return 2
     try:
         db = RetroDatabase.load(args.db, mmap=args.mmap)
         if args.nprobe is not None:
             db.set_nprobe(args.nprobe)
-        hits = db.query(args.text, k=args.k, rerank=args.rerank)
+        results = [(text, db.query(text, k=args.k, rerank=args.rerank)) for text in texts]
     except (ValueError, ImportError, OSError) as exc:
         return _fail(str(exc))
     if args.json:
-        print(json.dumps([{k: v for k, v in h.items() if k != "tokens"} for h in hits], indent=2))
+        doc = json.dumps([{"query": text, "hits": [{k: v for k, v in h.items() if k != "tokens"} for h in hits]}
+                          for text, hits in results], indent=2)
+        if args.json == "-":
+            stream = json_stdout()
+            stream.write(doc + "\n")
+            stream.flush()
+            return 0
+        Path(args.json).write_text(doc + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
         return 0
-    for h in hits:
-        text = " ".join((h["text"] or str(h["tokens"])).split())
-        print(f"{h['rank']}. chunk {h['chunk_id']} (document {h['doc']}, distance {h['distance']:.4f})")
-        print(f"   {text}")
+    for n, (text, hits) in enumerate(results):
+        if len(results) > 1:
+            print(("\n" if n else "") + f"query: {text}")
+        for h in hits:
+            chunk = " ".join((h["text"] or str(h["tokens"])).split())
+            print(f"{h['rank']}. chunk {h['chunk_id']} (document {h['doc']}, distance {h['distance']:.4f})")
+            print(f"   {chunk}")
     return 0
 
 

@@ -424,6 +424,7 @@ class RetroDatabase:
         if tokens.size == 0:
             raise ValueError("the query is empty")
         ex = None if exclude_doc is None else [exclude_doc]
+        k = min(k, self.n_chunks) if isinstance(k, int) and k >= 1 else k  # never more than there are
         dist, ids = self.search(self.embed(tokens.reshape(1, -1)), k, exclude_docs=ex, rerank=rerank)
         neigh, mask = self.neighbours(ids[0])
         hits = []

@@ -165,6 +165,7 @@ def save(db: Any, path: str | os.PathLike) -> Path:
     root = Path(path)
     if root.exists() and not root.is_dir():
         raise ValueError(f"{root} exists and is not a directory; a RETRO database is saved as a directory")
+    check_replaceable(root)
     root.mkdir(parents=True, exist_ok=True)
     tag = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(4)
     names = {"tokens": f"tokens-{tag}.npy", "store": f"store-{tag}.npz", "index": f"index-{tag}.faiss"}
@@ -249,11 +250,7 @@ def load(path: str | os.PathLike, *, embedder: Any = None, verify: bool = True, 
         if not mpath.is_file():
             raise ValueError(f"{mpath} is missing: {root} is not a saved RETRO database "
                              f"(build one with RetroDatabase.build(...).save(path) or `zoo retro build`)")
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{mpath} is corrupt (not valid JSON: {exc}); rebuild the database") from None
-        man = check_manifest(manifest, mpath)
+        man = check_manifest(read_manifest(mpath), mpath)
         paths = {}
         for key in ("tokens", "store", "index", "vectors") if man["version"] >= 3 else ("store", "index"):
             if key not in man["files"]:
@@ -362,6 +359,39 @@ def _is_int(v: Any, lo: int = 0) -> bool:
 def _short(v: Any) -> str:
     s = repr(v)
     return s if len(s) <= 80 else s[:77] + "..."
+
+
+MAX_MANIFEST_BYTES = 1 << 20
+"""A manifest is a few kilobytes; a larger ``manifest.json`` is not one (read no further)."""
+
+
+def read_manifest(mpath: Path) -> Any:
+    """The JSON in ``mpath``, bounded: ``ValueError`` naming the file for one that is too
+    large, not JSON, or nested too deeply to parse (never a ``RecursionError``)."""
+    size = mpath.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{mpath} is {size:,} bytes, not a RETRO manifest (a few kilobytes); rebuild the database")
+    try:
+        return json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{mpath} is corrupt (not valid JSON: {exc}); rebuild the database") from None
+    except RecursionError:
+        raise ValueError(f"{mpath} is nested too deeply to be a RETRO manifest; rebuild the database") from None
+
+
+def check_replaceable(root: Path) -> None:
+    """A save replaces only a RETRO database: a ``manifest.json`` of anything else in ``root``
+    is someone's data (``ValueError`` naming it)."""
+    mpath = Path(root) / MANIFEST
+    if not mpath.exists():
+        return
+    try:
+        found = read_manifest(mpath)
+    except (ValueError, OSError):
+        found = None
+    if not (isinstance(found, dict) and found.get("format") == FORMAT):
+        raise ValueError(f"{mpath} exists and is not a RETRO database's manifest; refusing to replace it "
+                         f"(build into an empty or new directory, or one holding a RETRO database)")
 
 
 def check_manifest(man: Any, mpath: Path) -> dict[str, Any]:
