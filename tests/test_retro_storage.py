@@ -245,3 +245,16 @@ def test_wordpiece_decode_reads_as_text():
     assert tok.decode([-1, *tok.encode("hive").tolist(), -1]) == "hive"  # padding skipped
     with pytest.raises(ValueError, match="ids must be below 30522"):
         tok.decode([40000])
+
+
+def test_saved_files_follow_the_umask(dbs, tmp_path):
+    """Like any file a program writes: 0666 less the umask, not the temporary file's 0600."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        root = dbs[0].save(tmp_path / "db")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in Path(root).iterdir()}
+    assert set(modes.values()) == {0o644}, modes
