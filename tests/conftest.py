@@ -18,8 +18,8 @@ PACKAGES = TESTS / "packages"
 
 @pytest.fixture(autouse=True)
 def _own_cache_dir(tmp_path_factory, monkeypatch):
-    """Each test its own cache folder (zoo compare's cached floors): no test reads another's
-    results, nor the user's."""
+    """Each test its own cache folder (zoo compare's cached floors, the cached listing): no test
+    reads another's results, nor the user's."""
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path_factory.mktemp("zoo-cache")))
 
 
@@ -56,8 +56,9 @@ def thirdparty_site(tmp_path_factory) -> Path:
 
 
 def run_zoo(*args: str, site: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m zoo ARGS`` in a fresh process (optionally with an extra site dir)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZOO_")}
+    """Run ``python -m zoo ARGS`` in a fresh process (optionally with an extra site dir), with the
+    test's own cache folder (``ZOO_CACHE_DIR``) and no other ``ZOO_`` variable unless given."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZOO_") or k == "ZOO_CACHE_DIR"}
     if site is not None:
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), full_env.get("PYTHONPATH")]))
     full_env.update(env or {})

@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,10 @@ __all__ = ["cache_dir", "floor_key", "load_floor", "store_floor"]
 
 def cache_dir() -> Path | None:
     """The folder for cached floors, or ``None`` when caching is off (``ZOO_CACHE_DIR=``)."""
-    chosen = os.environ.get("ZOO_CACHE_DIR")
-    if chosen is not None:
-        return Path(chosen) / "compare-floors" if chosen else None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "attention-zoo" / "compare-floors"
+    from zoo.listing import cache_root
+
+    root = cache_root()
+    return None if root is None else root / "compare-floors"
 
 
 def _source_digest(obj: Any) -> str:
