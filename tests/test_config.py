@@ -209,6 +209,10 @@ def test_unknown_variant_in_a_file_is_also_a_lookup_error(cross_registry, tmp_pa
     with pytest.raises(zoo.UnknownVariantError) as info:
         zoo.load_config(path)
     assert info.value.suggestions[0] == "cross" and str(path) in str(info.value)
+    # its public name: a LookupError and a ValueError, importable where the zoo's errors are
+    assert type(info.value) is zoo.UnknownVariantInFileError is zoo.errors.UnknownVariantInFileError
+    assert isinstance(info.value, ValueError) and info.value.path == path
+    assert not type(info.value).__name__.startswith("_")
 
 
 def test_load_config_on_a_directory(cross_registry, tmp_path):

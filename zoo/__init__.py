@@ -16,7 +16,7 @@ from typing import Any
 from zoo.benchspec import STANDARD_SHAPES, BenchShape, BenchSpec, Workload
 from zoo.config import AttentionConfig, VariantConfig, create, load_config
 from zoo.declare import declare_variant, variant
-from zoo.errors import PluginError, RegistrationError, UnknownVariantError
+from zoo.errors import PluginError, RegistrationError, UnknownVariantError, UnknownVariantInFileError
 from zoo.hookspecs import hookimpl
 from zoo.io import load, save
 from zoo.registry import get_variant, list_variants, plugins, register, unregister
@@ -35,6 +35,7 @@ __all__ = [
     "RegistrationError",
     "STANDARD_SHAPES",
     "UnknownVariantError",
+    "UnknownVariantInFileError",
     "VariantConfig",
     "VariantSpec",
     "Workload",

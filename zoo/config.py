@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic_core import core_schema
 
-from zoo.errors import UnknownVariantError, short_list
+from zoo.errors import UnknownVariantError, UnknownVariantInFileError, short_list
 from zoo.registry import default_registry
 from zoo.spec import VariantSpec
 from zoo.variant_config import (  # noqa: F401 - re-exported: zoo.config has always offered them
@@ -164,8 +164,9 @@ def load_config(path: str | Path) -> VariantConfig:
     Every failure is a ``ValueError`` naming the file (and the line where the
     parser knows it): a directory, non-UTF-8 bytes, a file over 64 KiB, nesting
     over 32 levels, YAML aliases, malformed text, invalid fields. An unknown
-    variant raises :class:`zoo.UnknownVariantError` (a ``LookupError``) that is
-    also a ``ValueError`` and names the file. The file is parsed as plain data
+    variant raises :class:`zoo.UnknownVariantInFileError`: an
+    :class:`zoo.UnknownVariantError` (a ``LookupError``) that is also a ``ValueError``
+    and names the file. The file is parsed as plain data
     (``yaml`` safe loader): it cannot run code. See :mod:`zoo.configfile`.
     """
     from zoo.configfile import read_config_file
@@ -180,14 +181,6 @@ def load_config(path: str | Path) -> VariantConfig:
     try:
         return parse_config(data)
     except UnknownVariantError as exc:
-        raise _UnknownVariantInFile(path, exc) from None
+        raise UnknownVariantInFileError(path, exc) from None
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
-
-
-class _UnknownVariantInFile(UnknownVariantError, ValueError):
-    """An unknown variant named by a config file: a ``LookupError`` and a ``ValueError``."""
-
-    def __init__(self, path: Path, exc: UnknownVariantError) -> None:
-        self.name, self.suggestions = exc.name, exc.suggestions
-        Exception.__init__(self, f"{path}: {exc}")

@@ -12,7 +12,7 @@ import reprlib
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["UnknownVariantError", "RegistrationError", "PluginError", "closest", "short_list", "short_repr"]
+__all__ = ["UnknownVariantError", "UnknownVariantInFileError", "RegistrationError", "PluginError", "closest", "short_list", "short_repr"]
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel = 3
@@ -79,6 +79,17 @@ class UnknownVariantError(LookupError):
 
     def __str__(self) -> str:  # LookupError would quote the message otherwise
         return self.args[0]
+
+
+class UnknownVariantInFileError(UnknownVariantError, ValueError):
+    """An unknown variant named by a file (a config file, a saved layer): a ``LookupError``
+    like :class:`UnknownVariantError` and a ``ValueError`` like every other problem with the
+    file. The message starts with the file's path; ``.name``, ``.suggestions`` and ``.path``
+    are kept."""
+
+    def __init__(self, path: Any, exc: UnknownVariantError) -> None:
+        self.name, self.suggestions, self.path = exc.name, exc.suggestions, path
+        Exception.__init__(self, f"{path}: {exc}")
 
 
 class RegistrationError(ValueError):

@@ -295,8 +295,8 @@ def load(path: str | os.PathLike, *, map_location: Any = "cpu") -> Any:
             a config that does not validate or does not fit the weights) or with
             ``map_location``; the message names the file and the field.
     """
-    from zoo.config import _UnknownVariantInFile, create
-    from zoo.errors import UnknownVariantError
+    from zoo.config import create
+    from zoo.errors import UnknownVariantError, UnknownVariantInFileError
 
     path = Path(path)
     device = _device(path, map_location)
@@ -307,7 +307,7 @@ def load(path: str | os.PathLike, *, map_location: Any = "cpu") -> Any:
     try:
         module = create(data)
     except UnknownVariantError as exc:
-        raise _UnknownVariantInFile(path, exc) from None
+        raise UnknownVariantInFileError(path, exc) from None
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: field 'config' does not validate: {_clip(exc, 500)}") from None
     try:
