@@ -64,3 +64,9 @@ class QKNormAttention(MultiHeadBase):
         q = self.norm_q(split_heads(self.to_q(x), self.heads))
         k = self.norm_k(split_heads(self.to_k(context), self.heads))
         return self.project_out(attend(q, k, split_heads(self.to_v(context), self.heads), context_mask))
+
+
+if __name__ == "__main__":  # `python examples/fifty_lines.py`: the harness's table, then any failure
+    report = zoo.check(QKNormAttention.spec)
+    print(report)
+    raise SystemExit(0 if report.passed else 1)

@@ -87,6 +87,17 @@ def test_the_fifty_line_variant_registers_and_passes_the_harness(registry):
     assert {"oracle-forward", "oracle-grad", "masked-rows", "bad-input", "dropout"} <= ran
 
 
+@pytest.mark.slow
+def test_running_the_file_prints_its_check_table():
+    """`python examples/fifty_lines.py` shows something useful: the harness's table."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(FIFTY)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^qk-norm\s+ok\s+ok", result.stdout, re.M) and "all 1 variant(s) passed" in result.stdout
+
+
 def test_the_harness_catches_a_broken_copy(registry):
     """The same file with the key norm left out of forward: the oracle check fails."""
     module = _load_fifty()
