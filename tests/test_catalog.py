@@ -141,6 +141,32 @@ def test_retro_pattern_shows_chunk_causality():
     assert (pattern.values[: chunk - 1] == 0).all(), "the first chunk_size-1 positions see no neighbours"
 
 
+def test_retro_x_axis_label_names_the_whole_context_shape():
+    """The label quotes the context's shape whole (not its gloss cut mid-word) and fits the picture."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    spec = zoo.get_variant("retro")
+    pattern = catalog.attention_pattern(spec, WE.picture_example())
+    shape = spec.context_shape.split(":")[0].strip()
+    assert pattern.xlabel.rstrip().endswith(f"(the context is {shape})"), pattern.xlabel
+    seen = []
+    real = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        seen.append(fig)
+        return real(fig, *args, **kwargs)
+
+    Figure.savefig = keep
+    try:
+        catalog.render_pattern(spec, example=WE.picture_example())
+    finally:
+        Figure.savefig = real
+    fig = seen[0]
+    label = fig.axes[0].xaxis.label.get_window_extent(FigureCanvasAgg(fig).get_renderer())
+    assert label.x0 >= 0 and label.y0 >= 0 and label.x1 <= fig.bbox.x1, (label.bounds, fig.bbox.bounds)
+
+
 def test_worked_example_matches_an_independent_implementation():
     """The guide's numbers equal torch.nn.MultiheadAttention's with the same weights, and
     say what the guide says: both sky pixels attend most to *mountains*."""

@@ -264,9 +264,10 @@ def attention_pattern(spec: VariantSpec, example: PictureExample | None = None) 
         caption += (" Zero cells show its declared chunk causality (capabilities.chunk_causal): no position "
                     "sees the context of a later chunk.")
     lead = ctx.shape[1:-1]
+    shape = (spec.context_shape or str(tuple(ctx.shape))).split(":")[0].strip()  # the shape, not its gloss
     xlabel = ("context tokens (c)" if len(lead) == 1
               else f"context tokens c[{', '.join(f'i{k}' for k in range(len(lead)))}], flattened\n"
-                   f"(context {(spec.context_shape or str(tuple(ctx.shape))).split(',  ')[0][:40]})")
+                   f"(the context is {shape if len(shape) <= 40 else str(tuple(ctx.shape))})")
     return Pattern("influence", infl, rows, cols, f"{spec.name}: influence of context on output", caption,
                    xlabel=xlabel)
 
