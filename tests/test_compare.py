@@ -344,3 +344,35 @@ def test_no_floor_is_trained_for_a_task_no_named_variant_can_take(compare_regist
     validate_document(doc)
     assert rows["selfdoc"]["value"] is None and rows["none"]["value"] is None
     assert "none of the named variants can take" in rows["none"]["reason"] and not trained
+
+
+def test_only_the_first_seeds_problem_is_built_for_a_task_no_named_variant_can_take(compare_registry, monkeypatch):
+    """A retrieval task builds a database per seed: not for a run that cannot use it."""
+    task = zc.get_task("recall")
+    built = []
+    real = type(task).build
+    monkeypatch.setattr(type(task), "build", lambda self, seed, **kw: built.append(seed) or real(self, seed, **kw))
+    zc.compare(["selfdoc"], ["recall"], quick=True)
+    assert built == [0]
+    zc.compare(["cross"], ["recall"], quick=True)
+    assert built[1:] == [0, 1]  # a variant that takes it: every seed of the tier
+
+
+def test_compare_trains_on_one_thread_unless_told(compare_registry, monkeypatch):
+    """Tiny models on a busy CPU: more threads make every step wait (a cell took 512 s on 2
+    threads at load 11 and under 1 s on one)."""
+    seen = []
+
+    def fake_compare(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt  # stop there: main answers 130
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(zc, "compare", fake_compare)
+    try:
+        assert main(["compare", "cross", "--quick", "--task", "global"]) == 130
+        assert main(["compare", "cross", "--quick", "--task", "global", "--threads", "2"]) == 130
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]
+    assert main(["compare", "cross", "--quick", "--threads", "0"]) == 2

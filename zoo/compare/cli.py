@@ -24,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="the small tier: a few minutes on a laptop CPU")
     parser.add_argument("--seed", type=int, default=0, help="first seed (the tier runs 2 or 3 consecutive seeds)")
     parser.add_argument("--device", default="cpu", help="torch device for training (default cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads for the run (default 1: the models are tiny, and more threads "
+                             "on a busy machine make every step wait for a core; the JSON records the count)")
     parser.add_argument("--json", metavar="PATH", help="write the zoo-compare/1 JSON to PATH ('-': stdout, alone)")
     parser.add_argument("--png", metavar="PATH", help="draw the task x variant matrix to PATH (matplotlib)")
     parser.add_argument("--markdown", metavar="PATH", help="write a Markdown page of the results to PATH")
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     problem = (usage_output_path("--json", args.json) or usage_output_path("--png", args.png, suffixes=(".png",))
                or usage_output_path("--markdown", args.markdown, suffixes=(".md",))
-               or usage_seed("--seed", args.seed) or usage_device("--device", args.device))
+               or usage_seed("--seed", args.seed) or usage_device("--device", args.device)
+               or (f"--threads {args.threads}: give a whole number of threads, 1 or more" if args.threads < 1 else None))
     if problem:
         print(f"zoo compare: {problem}", file=sys.stderr)
         return 2
@@ -80,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     names = [reg.get(n).name for n in args.names] if args.names else reg.names()  # unknown -> exit 2
     to_stdout = args.json == "-"
     progress = _Progress(sys.stderr, enabled=not args.quiet)
+    import torch
+
+    torch.set_num_threads(args.threads)
     doc = compare(names, tasks, quick=args.quick, seed=args.seed, device=args.device, progress=progress)
     text = json.dumps(doc, indent=2)
     if to_stdout:  # the real stdout: anything printed during the run went to stderr
