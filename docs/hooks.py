@@ -4,7 +4,9 @@
   :func:`zoo.catalog.build_catalog` (harness results included) and puts the pages
   in the nav under "Catalog". ``ZOO_DOCS_QUICK=1`` skips the harness (for
   ``mkdocs serve`` while writing; the pages then say the result is not available);
-  ``ZOO_DOCS_HARNESS=results.json`` reuses harness results computed before the build.
+  ``ZOO_DOCS_HARNESS=results.json`` reuses harness results computed before the build;
+  ``ZOO_CATALOG_RESULTS`` (paths separated by ``os.pathsep``) adds plugins' own
+  ``zoo bench``/``zoo compare`` JSON files (``build_catalog(results=...)``).
 - ``on_files``: serves those pages from memory (``File.generated``): nothing
   generated is written into ``docs/`` or committed.
 - ``on_page_markdown``: replaces ``<!-- zoo:worked-example -->`` with the worked
@@ -81,6 +83,7 @@ def on_config(config):
                                   harness=_harness_done(),
                                   bench_path=root / "benchmarks" / "results" / "cpu.json", log=log,
                                   compare_path=root / "benchmarks" / "results" / "compare-full.json",
+                                  results=[p for p in os.environ.get("ZOO_CATALOG_RESULTS", "").split(os.pathsep) if p],
                                   example=_worked_example().picture_example()))
     log.info("zoo catalog: %d variants in %.1f s", len(names), time.perf_counter() - start)
     section = [{"Overview": f"{CATALOG_DIR}/index.md"}] + [{n: page_path(n)} for n in names]

@@ -327,3 +327,61 @@ def test_pages_show_inferred_capabilities_for_a_variant_that_declares_nothing():
     shown = _capabilities(spec)
     assert not any("dropout" in c for c in shown), shown
     assert not any("self" in c for c in shown), shown
+
+
+def _own_results(tmp_path, name):
+    """A plugin's own results files for ``name``: a zoo-bench/1 and a zoo-compare/1 JSON."""
+    bench = tmp_path / "my-bench.json"
+    bench.write_text(json.dumps({"schema": "zoo-bench/1", "results": [
+        {"variant": name, "shape": "sd", "dtype": "float32", "pass": "fwd", "zoo_ms": 1.0, "baseline_ms": 2.0,
+         "ratio": 0.5}]}))
+    doc = json.loads((ROOT / "benchmarks/results/compare-full.json").read_text())
+    doc["results"] = [r for r in doc["results"] if r["task"] == "global" and r["variant"] in ("cross", "none")]
+    for r in doc["results"]:
+        if r["variant"] == "cross":
+            r.update(variant=name, value=0.654321)
+    compare = tmp_path / "my-compare.json"
+    compare.write_text(json.dumps(doc))
+    return bench, compare
+
+
+def test_a_plugins_own_results_files_give_its_page_speed_and_quality(registry, tmp_path):
+    """Results files of the plugin's own (not the zoo's committed ones) feed its page; the
+    zoo's variants keep the zoo's files, which stay untouched."""
+    from attention_zoo_plugins.variants import cross
+
+    registry.load_plugin(cross, name="cross", distribution="attention-zoo")
+    registry.load_plugin(_load_example_plugin(), name="gated-cross", distribution="zoo-example-gated-cross")
+    committed = {p: p.read_bytes() for p in (ROOT / "benchmarks" / "results").glob("*.json")}
+    bench, compare = _own_results(tmp_path, "gated-cross")
+    files = catalog.build_catalog(run_harness=False, pictures=False, results=[compare, bench],
+                                  bench_path=ROOT / "benchmarks/results/cpu.json")
+    page = files["catalog/gated-cross.md"]
+    assert "speed vs" in page and "fwd 0.50x" in page and "from `my-bench.json`" in page
+    learned = page.split("## What it learns", 1)[1].split("\n## ", 1)[0]
+    assert "`my-compare.json`" in learned and "0.654" in learned
+    assert "fwd 0.50x" in files["catalog/index.md"]
+    assert "from `benchmarks/results/cpu.json`" in files["catalog/cross.md"]
+    assert {p: p.read_bytes() for p in committed} == committed
+    with pytest.raises(ValueError, match="neither 'zoo-bench/1'"):
+        catalog.build_catalog(run_harness=False, pictures=False, results=[_json_of(tmp_path, {"schema": "other/1"})])
+
+
+def _json_of(tmp_path, data):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_python_dash_m_zoo_catalog_writes_a_plugins_page(registry, tmp_path, capsys):
+    from zoo.catalog.__main__ import main as catalog_main
+
+    registry.load_plugin(_load_example_plugin(), name="gated-cross", distribution="zoo-example-gated-cross")
+    bench, compare = _own_results(tmp_path, "gated-cross")
+    out = tmp_path / "site"
+    assert catalog_main(["gated-cross", "--results", str(bench), str(compare), "--out", str(out),
+                         "--no-harness", "--no-pictures"]) == 0
+    page = (out / "catalog" / "gated-cross.md").read_text()
+    assert "fwd 0.50x" in page and "0.654" in page
+    assert catalog_main(["gated-cross", "--results", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    assert "missing.json" in capsys.readouterr().err

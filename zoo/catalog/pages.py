@@ -14,6 +14,11 @@ from zoo.catalog.results import HarnessSummary, bench_ratios, bench_table, harne
 from zoo.catalog.text import CATALOG_DIR, NOT_MEASURED, cell, code, config_table, image_name, page_path, shape_md, table
 from zoo.spec import VariantSpec
 
+BENCH_DEFAULT = "benchmarks/results/cpu.json"
+"""The zoo's committed ``zoo bench`` results, read when no results file of a plugin has the variant."""
+COMPARE_DEFAULT = "benchmarks/results/compare-full.json"
+"""The zoo's committed ``zoo compare`` results (full tier), likewise."""
+
 __all__ = ["build_catalog", "index_markdown", "runnable_example", "variant_markdown"]
 
 
@@ -124,8 +129,8 @@ def index_markdown(specs: Sequence[VariantSpec], harness: Mapping[str, HarnessSu
         f"*Speed*: the variant's time over the hand-written baseline its spec gives (bare "
         f"`scaled_dot_product_attention` for an attention variant) doing the same work "
         f"(`zoo_ms / baseline_ms`, median over the benchmark's shapes and dtypes per pass), from "
-        f"`benchmarks/results/cpu.json` (`zoo bench`); lower is faster; "
-        f"\"{NOT_MEASURED}\" when that file has no entry.",
+        f"`{BENCH_DEFAULT}` (`zoo bench`) or the plugin's own results file that its page names; lower "
+        f"is faster; \"{NOT_MEASURED}\" when no file has an entry.",
         "",
     ]
     return "\n".join(parts)
@@ -133,10 +138,12 @@ def index_markdown(specs: Sequence[VariantSpec], harness: Mapping[str, HarnessSu
 
 def variant_markdown(spec: VariantSpec, harness: HarnessSummary | None = None, speed: str | None = None,
                      image: str | None = None, pattern: Pattern | None = None,
-                     bench: str | None = None, learned: str | None = None) -> str:
+                     bench: str | None = None, learned: str | None = None,
+                     bench_source: str = BENCH_DEFAULT, learned_source: str = COMPARE_DEFAULT) -> str:
     """One variant's page: summary, paper, equation, shapes, config table, runnable
     example, harness result, speed, what it learned on the ``zoo compare`` tasks
-    (``learned``: a Markdown table) and (when ``image`` is given) its attention pattern."""
+    (``learned``: a Markdown table) and (when ``image`` is given) its attention pattern.
+    ``bench_source`` and ``learned_source`` name the results files the page quotes."""
     layer_path = f"{spec.module.__module__}.{spec.module.__qualname__}"
     label = _baseline_label(spec)
     facts = [
@@ -200,19 +207,19 @@ def variant_markdown(spec: VariantSpec, harness: HarnessSummary | None = None, s
     out += ["## Speed", ""]
     if bench:
         out += [f"Time of this layer over its baseline ({cell(label)}: the same computation written "
-                "by hand on the same weights, as its spec gives it), from `benchmarks/results/cpu.json` "
+                f"by hand on the same weights, as its spec gives it), from `{bench_source}` "
                 "(`zoo bench`); lower is faster.", "", bench, ""]
     else:
-        out += [f"{NOT_MEASURED.capitalize()}: `benchmarks/results/cpu.json` has no entry for "
-                f"`{spec.name}` (run `zoo bench`).", ""]
+        out += [f"{NOT_MEASURED.capitalize()}: `{bench_source}` has no entry for "
+                f"`{spec.name}` (run `zoo bench {spec.name} --json FILE`; pages read FILE with `--results`).", ""]
     out += ["## What it learns", ""]
     if learned:
-        out += ["Measured by `zoo compare` (`benchmarks/results/compare-full.json`): the same tiny model "
+        out += [f"Measured by `zoo compare` (`{learned_source}`): the same tiny model "
                 "and budget for every variant, next to the floor (the model without its conditioning "
                 "layer). Method: the guide *Comparing what variants learn*.", "", learned, ""]
     else:
-        out += [f"{NOT_MEASURED.capitalize()}: `benchmarks/results/compare-full.json` has no row for "
-                f"`{spec.name}` (run `zoo compare {spec.name}`).", ""]
+        out += [f"{NOT_MEASURED.capitalize()}: `{learned_source}` has no row for "
+                f"`{spec.name}` (run `zoo compare {spec.name} --json FILE`; pages read FILE with `--results`).", ""]
     out += ["## Attention pattern", ""]
     if image:
         caption = pattern.caption if pattern else ""
@@ -231,7 +238,8 @@ def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bo
                   bench_path: str | Path | None = None, pictures: bool = True,
                   log: Any = None, example: PictureExample | None = None,
                   harness: Mapping[str, HarnessSummary] | None = None,
-                  compare_path: str | Path | None = None) -> dict[str, str | bytes]:
+                  compare_path: str | Path | None = None,
+                  results: Sequence[str | Path] = ()) -> dict[str, str | bytes]:
     """Every catalog file, keyed by its path in the docs (``catalog/index.md``,
     ``catalog/<name>.md``, ``catalog/<name>-pattern.png``).
 
@@ -247,18 +255,26 @@ def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bo
         harness: summaries already computed (by name); the harness runs only for the others.
         compare_path: the ``zoo compare`` results JSON (default:
             ``benchmarks/results/compare-full.json`` if it exists in the working directory).
+        results: more results files, ``zoo bench --json`` (``zoo-bench/1``) or ``zoo compare
+            --json`` (``zoo-compare/1``) output, told apart by their schema: a plugin's own
+            measurements. A variant's speed and what it learned come from the first of these
+            files that has rows for it, else from ``bench_path`` / ``compare_path``; the page
+            names the file. A file of another schema is a ``ValueError``.
     """
     import zoo
-
-    if specs is None:
-        specs = [zoo.get_variant(n) for n in zoo.list_variants()]
-    if bench_path is None:
-        bench_path = Path("benchmarks/results/cpu.json")
-    speeds = bench_ratios(bench_path)
     from zoo.compare.report import load as load_compare
     from zoo.compare.report import variant_section
 
-    learned = load_compare(compare_path or Path("benchmarks/results/compare-full.json"))
+    if specs is None:
+        specs = [zoo.get_variant(n) for n in zoo.list_variants()]
+    own_bench, own_compare = split_results(results)
+    bench_files = [(p, Path(p).name) for p in own_bench] + [(bench_path or Path(BENCH_DEFAULT), BENCH_DEFAULT)]
+    compare_files = ([(load_compare(p), Path(p).name) for p in own_compare]
+                     + [(load_compare(compare_path or Path(COMPARE_DEFAULT)), COMPARE_DEFAULT)])
+    ratios = [bench_ratios(p) for p, _ in bench_files]
+    speeds: dict[str, str] = {}
+    for found in reversed(ratios):  # the first file with rows for a variant wins
+        speeds.update(found)
     done = dict(harness or {})
     harness = {s.name: done.get(s.name) or harness_summary(s) for s in specs} if run_harness else {}
     files: dict[str, str | bytes] = {f"{CATALOG_DIR}/index.md": index_markdown(specs, harness, speeds)}
@@ -273,7 +289,32 @@ def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bo
             else:
                 image = image_name(spec.name)
                 files[f"{CATALOG_DIR}/{image}"] = data
+        bench_at = next((i for i, found in enumerate(ratios) if spec.name in found), len(ratios) - 1)
+        learned, learned_source = next(((section, label) for section, label in
+                                        ((variant_section(doc, spec.name), label) for doc, label in compare_files)
+                                        if section), (None, COMPARE_DEFAULT))
         files[page_path(spec.name)] = variant_markdown(
             spec, harness.get(spec.name) if run_harness else None, speeds.get(spec.name), image, pattern,
-            bench_table(bench_path, spec.name, _baseline_label(spec)), variant_section(learned, spec.name))
+            bench_table(bench_files[bench_at][0], spec.name, _baseline_label(spec)), learned,
+            bench_source=bench_files[bench_at][1], learned_source=learned_source)
     return files
+
+
+def split_results(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """``(bench files, compare files)`` among ``paths``, by each file's ``schema``; a missing
+    file, one that is not JSON or one of another schema is a ``ValueError`` naming it."""
+    bench, compare = [], []
+    for path in map(Path, paths):
+        try:
+            schema = json.loads(path.read_text(encoding="utf-8")).get("schema")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path}: not a results file ({type(exc).__name__}: {exc}); give the JSON that "
+                             f"`zoo bench --json` or `zoo compare --json` wrote") from None
+        if schema == "zoo-bench/1":
+            bench.append(path)
+        elif schema == "zoo-compare/1":
+            compare.append(path)
+        else:
+            raise ValueError(f"{path}: schema {schema!r} is neither 'zoo-bench/1' (zoo bench --json) nor "
+                             f"'zoo-compare/1' (zoo compare --json)")
+    return bench, compare
