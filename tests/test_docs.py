@@ -21,6 +21,7 @@ from zoo import catalog, hookspecs
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SKIP_MARK = "<!-- docs: no-test -->"
+INLINED = re.compile(r'[ \t]*```\w+ title="(?P<path>[^"]+)"')  # a file copied into a page
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<code>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
 
 
@@ -38,7 +39,7 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
         if before and before[-1].strip() == SKIP_MARK:
             continue
         code = m.group("code")
-        if "--8<--" in code:  # a snippet include: the included file is tested where it lives
+        if "--8<--" in code or INLINED.match(m.group(0)):  # a copy of a file: tested where it lives
             continue
         indent = m.group("indent")
         code = "\n".join(line[len(indent):] if line.startswith(indent) else line for line in code.splitlines())
@@ -222,3 +223,18 @@ def test_architecture_diagram_survives_markdown(site):
     assert "<p>" not in svg.group(0), "markdown broke the SVG into paragraphs"
     for layer in ("Plugins", "Core services", "Spec layer"):
         assert re.search(rf"<text[^>]*>{layer}", svg.group(0)), layer
+
+
+def test_files_copied_into_the_plugin_guide_equal_their_files():
+    """The guide reads whole in the repository (no snippet includes that only the site
+    renders), and each copy of an example file is that file, so it cannot drift."""
+    guide = ROOT / "docs" / "guides" / "writing-a-plugin.md"
+    text = guide.read_text(encoding="utf-8")
+    assert "--8<--" not in text
+    copies = re.findall(r'^```\w+ title="(?P<path>[^"]+)"\n(?P<code>.*?)^```[ \t]*$', text, re.M | re.S)
+    assert {p for p, _ in copies} >= {"examples/fifty_lines.py", "examples/zoo-plugin-example/pyproject.toml",
+                                       "examples/zoo-plugin-example/zoo_example_gated_cross.py",
+                                       "examples/zoo-plugin-example/tests/test_checks.py"}
+    for path, code in copies:
+        assert code == (ROOT / path).read_text(encoding="utf-8").rstrip("\n") + "\n", (
+            f"the copy of {path} in {guide.relative_to(ROOT)} differs from the file: paste the file again")

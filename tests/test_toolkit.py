@@ -117,7 +117,7 @@ def test_the_harness_catches_a_broken_copy(registry):
 
 def test_the_guide_includes_the_file_and_says_to_copy_it():
     guide = GUIDE.read_text(encoding="utf-8")
-    assert '--8<-- "examples/fifty_lines.py"' in guide
+    assert '```python title="examples/fifty_lines.py"\n' + FIFTY.read_text(encoding="utf-8") in guide
     assert re.search(r"[Cc]opy\s+`examples/fifty_lines.py`", guide)
 
 
