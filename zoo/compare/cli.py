@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help="variant names or aliases (default: all registered)")
     parser.add_argument("--task", action="append", default=None, metavar="TASK",
                         help="only this task (repeatable; default every registered task)")
-    parser.add_argument("--quick", action="store_true", help="the small tier: a few minutes on a laptop CPU")
+    parser.add_argument("--quick", action="store_true", help="the small tier: about a minute for four variants on 2 CPU cores")
     parser.add_argument("--seed", type=int, default=0, help="first seed (the tier runs 2 or 3 consecutive seeds)")
     parser.add_argument("--device", default="cpu", help="torch device for training (default cpu)")
     parser.add_argument("--threads", type=int, default=1,
