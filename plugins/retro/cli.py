@@ -197,7 +197,7 @@ def _query_texts(texts: list[str]) -> list[str]:
 
 def cmd_query(args: argparse.Namespace) -> int:
     from attention_zoo_plugins.retro.database import RetroDatabase
-    from zoo.cli import json_stdout, usage_output_path
+    from zoo.usage import json_stdout, usage_output_path
 
     problem = (f"-k {args.k}: ask for at least 1 neighbour" if args.k < 1 else
                f"--rerank {args.rerank}: must be at least 1" if args.rerank is not None and args.rerank < 1 else

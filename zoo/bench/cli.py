@@ -62,7 +62,7 @@ def _known_workloads(names: list[str]) -> list[str]:
 
 def _usage_problem(args: argparse.Namespace) -> str | None:
     """A one-line reason why these arguments cannot run (checked before any work)."""
-    from zoo.cli import usage_device, usage_output_path
+    from zoo.usage import usage_device, usage_output_path
 
     for option, value in (("--repeat", args.repeat), ("--threads", args.threads)):
         if value is not None and value < 1:
@@ -86,7 +86,7 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from zoo.bench.runner import main
-    from zoo.cli import json_stdout
+    from zoo.usage import json_stdout
 
     problem = _usage_problem(args)
     if problem:

@@ -53,7 +53,8 @@ class _Progress:
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.cli import format_table, json_stdout, usage_device, usage_output_path, usage_seed
+    from zoo.text import format_table
+    from zoo.usage import json_stdout, usage_device, usage_output_path, usage_seed
     from zoo.compare import compare, get_task, list_tasks, task_problems
     from zoo.compare.report import draw, markdown, table
     from zoo.registry import default_registry

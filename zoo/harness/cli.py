@@ -89,7 +89,7 @@ def _list_checks() -> int:
 def run(args: argparse.Namespace) -> int:
     if args.list_checks:
         return _list_checks()
-    from zoo.cli import usage_device, usage_output_path, usage_seed
+    from zoo.usage import usage_device, usage_output_path, usage_seed
     from zoo.harness import _validate_dtypes, _validate_selectors, check, render_table
     from zoo.registry import default_registry
 
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                    "reports": [r.to_dict() for r in reports]}
         text = json.dumps(payload, indent=2)
         if args.json == "-":
-            from zoo.cli import json_stdout
+            from zoo.usage import json_stdout
 
             stream = json_stdout()  # the real stdout: prints during the run went to stderr
             stream.write(text + "\n")
