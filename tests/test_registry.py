@@ -233,8 +233,9 @@ def test_builtins_register_through_entry_points():
     reg = Registry(env={})
     with use_registry(reg):
         info = {p.name: p for p in zoo.plugins()}
+        assert reg.get("cross").plugin == "cross"  # spec.plugin: the default registry's record (reg, here)
     assert info["cross"].distribution == "attention-zoo" and info["cross"].status == "loaded"
-    assert reg.get("cross").plugin == "cross"
+    assert reg.provenance("cross") == {"plugin": "cross", "distribution": "attention-zoo"}
 
 
 def test_entry_points_load_lazily_and_once(monkeypatch):
