@@ -283,8 +283,11 @@ def test_where_names_the_kinds_the_model_has():
     model = MarianMTModel(MarianConfig(vocab_size=20, d_model=16, encoder_layers=1, decoder_layers=1,
                                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
                                        decoder_ffn_dim=16, pad_token_id=0, decoder_start_token_id=0))
-    with pytest.raises(ValueError, match="is not swapped; use where='cross'"):
-        zoo.swap(model, "cross", where="self")
+    decoder = model.model.decoder  # causal self-attention and cross-attention only
+    with pytest.raises(ValueError, match="causal with a key/value cache.*pass where='cross'"):
+        zoo.swap(decoder, "cross", where="self")
+    assert zoo.swap(decoder, "cross", where="cross").swapped == ["layers.0.encoder_attn"]  # not a circle
+    assert zoo.swap(model, "cross", where="self").swapped == ["model.encoder.layers.0.self_attn"]
     with pytest.raises(ValueError, match="where must be one of"):
         zoo.swap(model, "cross", where="both")
 

@@ -191,10 +191,18 @@ def test_selfdoc_and_retro_are_refused_and_self_attention_is_named():
     for name in ("selfdoc", "retro"):
         with pytest.raises(ValueError, match="cannot serve here"):
             zoo.swap(model, name)
-    with pytest.raises(ValueError, match="self_attn: self-attention of transformers' encoder-decoder models"):
-        zoo.swap(model, "cross", where="all")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert type(model.model.decoder.layers[0].encoder_attn).__name__ == "MarianAttention"
+    ids, mask = source()
+    with torch.no_grad():
+        expected = logits(model, ids, mask)
+    report = zoo.swap(model, "cross", where="all")  # the encoder's self-attention and encoder_attn
+    assert sorted(report.skipped) == ["model.decoder.layers.0.self_attn", "model.decoder.layers.1.self_attn"]
+    assert all("causal" in why for why in report.skipped.values()) and "not replaced" in str(report)
+    assert "model.encoder.layers.0.self_attn" in report.swapped
+    assert type(model.model.decoder.layers[0].self_attn).__name__ == "MarianAttention"
+    with torch.no_grad():
+        torch.testing.assert_close(logits(model, ids, mask), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_bart_and_whisper_cross_swap_same_outputs():
@@ -256,7 +264,7 @@ def test_bert_decoder_cross_swap_keeps_the_output_block():
     with torch.no_grad():
         torch.testing.assert_close(out(model, enc_mask), masked, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out(model, None), unmasked, atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="BERT-family self-attention is not swapped"):
+    with pytest.raises(ValueError, match="causal with a key/value cache.*pass where='cross'"):
         zoo.swap(tiny_bert_decoder(), "cross", where="self")
 
 

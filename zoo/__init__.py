@@ -30,6 +30,7 @@ __all__ = [
     "BenchSpec",
     "Capabilities",
     "CheckReport",
+    "DistillReport",
     "Law",
     "PluginError",
     "RegistrationError",
@@ -42,6 +43,7 @@ __all__ = [
     "check",
     "create",
     "declare_variant",
+    "distill",
     "get_variant",
     "hookimpl",
     "list_variants",
@@ -72,6 +74,8 @@ def check(name_or_spec: Any, **options: Any):
 # Imported on first use: ``import zoo`` stays cheap (no torch until a layer is needed).
 _LAZY = {
     "CheckReport": ("zoo.harness", "CheckReport"),
+    "DistillReport": ("zoo.distilling", "DistillReport"),
+    "distill": ("zoo.distilling", "distill"),
     "swap": ("zoo.swapping", "swap"),
     "SwapAdapter": ("zoo.swapping", "Adapter"),
     "SwapReport": ("zoo.swapping", "SwapReport"),

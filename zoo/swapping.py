@@ -9,12 +9,15 @@ the replaced module's call signature. The core then:
 
 1. resolves the variant (a name, a mapping with ``"variant"``, or a config) and the
    overrides;
-2. finds the targets (``where``: ``"cross"``, ``"self"`` or ``"all"``) in model order;
+2. finds the targets (``where``: ``"cross"``, ``"self"`` or ``"all"``) in model order,
+   every path of a module shared by several parents included; causal self-attention
+   with a key/value cache is never a target (it is listed in ``report.skipped``);
 3. builds one zoo layer per target with :func:`zoo.create`, refuses a variant that
    cannot serve there (its capabilities, then one tiny probe forward whose
-   ``ValueError`` is reported), carries every weight whose name and shape match,
-   lets the layer initialise what it adds (:meth:`init_for_swap`, optional), and
-   wraps it;
+   ``ValueError`` is reported), carries every weight whose name and shape match
+   (``init="carry"``; key/value projections with fewer heads are mean-pooled over each
+   group of heads), lets the layer initialise what it adds (:meth:`init_for_swap`,
+   optional), wraps it and checks the wrapper;
 4. only when every target succeeded, puts the replacements into the model.
 
 So on any error the model is untouched.
@@ -36,6 +39,7 @@ branch (neither is required; the toolkit's layers need none):
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,9 +50,10 @@ from torch import Tensor, nn
 
 from zoo.errors import short_list
 
-__all__ = ["Adapter", "SwapTarget", "SwapReport", "swap", "call_layer", "keep_mask", "GEOMETRY"]
+__all__ = ["Adapter", "SwapTarget", "SwapReport", "swap", "call_layer", "keep_mask", "swapped_paths", "GEOMETRY"]
 
 WHERE = ("cross", "self", "all")
+INIT = ("carry", "fresh")
 GEOMETRY = ("query_dim", "context_dim", "heads", "dim_head", "bias", "out_bias", "dropout")
 """Config fields an adapter reads from the replaced module (each used when the variant's config has it)."""
 
@@ -75,6 +80,10 @@ class SwapTarget:
         notes: facts the report should carry (e.g. "to_out.0 set to the identity").
         dtype, device: those of the replaced module's parameters.
         training: the replaced module's training flag.
+        causal: True for causal self-attention with a key/value cache (a decoder's): never
+            replaced, listed in ``report.skipped``.
+        zero_init: zoo parameters in an identity position (e.g. the bias of a ``to_out.0``
+            the adapter sets to the identity): when not carried they start at zero.
     """
 
     kind: str
@@ -92,6 +101,8 @@ class SwapTarget:
     dtype: torch.dtype = torch.float32
     device: torch.device | str = "cpu"
     training: bool = False
+    causal: bool = False
+    zero_init: tuple[str, ...] = ()
 
     def geometry(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in GEOMETRY}
@@ -126,8 +137,12 @@ class SwapReport:
         initialised: per path, the zoo layer's parameters that are new (the variant's
             own initialisation, or its ``init_for_swap``).
         dropped: per path, weights of the replaced module the zoo layer has no place for.
-        notes: per path, what else the adapter did.
+        notes: per path, what else the adapter did (and why what is new is new).
         adapters: per path, the name of the adapter that matched it.
+        skipped: modules of the kind asked for that are not replaced, with the reason
+            (causal self-attention with a key/value cache).
+        problems: adapters whose ``match`` raised (contained; also shown by ``zoo plugins``).
+        init: ``"carry"`` or ``"fresh"``.
     """
 
     variant: str
@@ -138,16 +153,29 @@ class SwapReport:
     dropped: dict[str, list[str]] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)
     adapters: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    init: str = "carry"
 
     def __str__(self) -> str:
-        lines = [f"swapped {len(self.swapped)} module(s) to {self.variant!r} (where={self.where!r})"]
+        lines = [f"swapped {len(self.swapped)} module(s) to {self.variant!r} (where={self.where!r}, "
+                 f"init={self.init!r})"]
         for path in self.swapped:
             lines.append(f"  {path} [{self.adapters[path]}]")
             for label, table in (("carried", self.carried), ("initialised", self.initialised),
                                  ("dropped", self.dropped), ("note", self.notes)):
                 if table.get(path):
                     lines.append(f"    {label}: {', '.join(table[path])}")
+        lines += [f"  not replaced: {path}: {why}" for path, why in self.skipped.items()]
+        lines += [f"  problem: {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+def swapped_paths(model: nn.Module) -> dict[str, str]:
+    """``{dotted path: variant}`` of the modules :func:`swap` put into ``model`` (each path
+    of a shared one), in model order."""
+    return {p: m._zoo_swapped_variant for p, m in model.named_modules(remove_duplicate=False)
+            if isinstance(getattr(m, "_zoo_swapped_variant", None), str)}
 
 
 def call_layer(layer: nn.Module, x: Tensor, context: Tensor | None, context_mask: Tensor | None) -> Tensor:
@@ -227,36 +255,100 @@ def _resolve(variant: Any) -> tuple[Any, dict[str, Any]]:
     )
 
 
-def _find(model: nn.Module, adapters: list[Adapter]) -> list[tuple[str, SwapTarget, Adapter]]:
-    """Every module some adapter recognises, in model order; matched subtrees are skipped."""
-    found: list[tuple[str, SwapTarget, Adapter]] = []
+@dataclass
+class _Found:
+    paths: list[str]
+    target: SwapTarget
+    adapter: Adapter
+    module: nn.Module
+
+
+def _adapter_failed(adapter: Adapter, message: str, exc: Exception) -> None:
+    """Contain a raising ``match`` as the registry contains every hook: shown by ``zoo
+    plugins`` under the plugin that registered the adapter, a warning here, a
+    ``PluginError`` in strict mode."""
+    from zoo.errors import PluginError
+    from zoo.registry import default_registry
+
+    registry = default_registry()
+    for name, plugin in registry.pm.list_name_plugin():
+        owner = plugin if isinstance(plugin, type) or hasattr(plugin, "__file__") else type(plugin)
+        if type(adapter).__module__ in (getattr(owner, "__name__", None), getattr(owner, "__module__", None)):
+            info = registry._plugins.get(name)
+            if info is not None and message not in info.problems:
+                info.problems.append(message)
+            break
+    if registry.strict:
+        raise PluginError(message) from exc
+    warnings.warn(message, stacklevel=4)
+
+
+def _find(model: nn.Module, adapters: list[Adapter], problems: list[str]) -> list[_Found]:
+    """Every module some adapter recognises, in model order, with every path of a module
+    shared by several parents; matched subtrees are skipped."""
+    found: list[_Found] = []
+    by_id: dict[int, _Found] = {}
     skip: list[str] = []
-    for path, module in model.named_modules():
-        if not path or any(path.startswith(prefix + ".") for prefix in skip):
+    failed: set[str] = set()
+    for path, module in model.named_modules(remove_duplicate=False):
+        if any(path.startswith(prefix + ".") for prefix in skip):
+            continue
+        if id(module) in by_id:
+            by_id[id(module)].paths.append(path)
+            skip.append(path)
             continue
         for adapter in adapters:
-            target = adapter.match(path, module)
-            if target is not None:
-                found.append((path, target, adapter))
-                skip.append(path)
-                break
+            if adapter.name in failed:
+                continue
+            try:
+                target = adapter.match(path, module)
+            except Exception as exc:  # noqa: BLE001 - one broken adapter never takes zoo.swap down
+                failed.add(adapter.name)
+                message = (f"adapter {adapter.name!r}: match() raised {type(exc).__name__}: {exc} "
+                           f"(at {path or 'the model itself'}); it is skipped for this model")
+                problems.append(message)
+                _adapter_failed(adapter, message, exc)
+                continue
+            if target is None:
+                continue
+            if not path:
+                raise ValueError(
+                    f"zoo.swap replaces attention modules inside a model, in place; the model passed is itself "
+                    f"one ({type(module).__name__}, known to adapter {adapter.name!r}). Pass the model that "
+                    f"holds it, or a container: `holder = torch.nn.Sequential(module); zoo.swap(holder, ...)`, "
+                    f"then use holder[0]")
+            entry = _Found([path], target, adapter, module)
+            found.append(entry)
+            by_id[id(module)] = entry
+            skip.append(path)
+            break
     return found
 
 
-def _nothing_matched(model: nn.Module, found: list, where: str) -> str:
+def _nothing_matched(model: nn.Module, found: list[_Found], where: str, problems: list[str]) -> str:
+    known = {id(f.module) for f in found}
     like = [f"{p} ({type(m).__name__})" for p, m in model.named_modules()
-            if p and (_ATTENTION_LIKE.search(type(m).__name__) or _ATTENTION_LIKE.search(p.rsplit(".", 1)[-1])
-                    or isinstance(m, nn.MultiheadAttention))]
-    kinds = sorted({t.kind for _, t, _ in found})
+            if p and id(m) not in known and (_ATTENTION_LIKE.search(type(m).__name__)
+                                             or _ATTENTION_LIKE.search(p.rsplit(".", 1)[-1])
+                                             or isinstance(m, nn.MultiheadAttention))]
+    kinds = sorted({f.target.kind for f in found if not f.target.causal and f.target.problem is None})
+    causal = [f.paths[0] for f in found if f.target.causal and (where == "all" or f.target.kind == where)]
     msg = f"zoo.swap found no {'' if where == 'all' else where + '-'}attention module to replace in {type(model).__name__}"
+    if causal:
+        shown = ", ".join(causal[:4]) + (f", ... ({len(causal)} in all)" if len(causal) > 4 else "")
+        msg += (f"; its self-attention ({shown}) is causal with a key/value cache, which zoo.swap does not "
+                f"replace (no zoo layer keeps a decoding cache)")
     if kinds:
-        msg += f"; it has {' and '.join(kinds)}-attention modules: pass where={kinds[0]!r} or where='all'"
+        msg += f"; it has {' and '.join(kinds)}-attention modules zoo.swap can replace: pass where={kinds[0]!r}"
+        msg += " or where='all'" if len(kinds) > 1 else ""
     elif like:
         shown = ", ".join(like[:12]) + (f", ... ({len(like)} in all)" if len(like) > 12 else "")
         msg += (f"; attention-like modules it has, which no registered adapter knows: {shown}. "
                 "Write an adapter (hook zoo_register_adapters) to swap them")
-    else:
+    elif not causal:
         msg += "; it has no attention-like module at all (no module or class named *attention*/*attn*)"
+    if problems:
+        msg += ". Adapters that failed on this model: " + "; ".join(problems)
     return msg
 
 
@@ -285,22 +377,8 @@ def _cannot_serve(spec: Any, layer: nn.Module, target: SwapTarget) -> str | None
     return None
 
 
-def _carry(layer: nn.Module, weights: Mapping[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
-    """Copy matching weights into ``layer``; ``(carried, initialised, dropped)`` names."""
-    own = layer.state_dict()
-    carried, dropped = [], []
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            if name in own and own[name].shape == tensor.shape:
-                own[name].copy_(tensor.detach().to(own[name].dtype))
-                carried.append(name)
-            else:
-                dropped.append(name)
-    params = [n for n, _ in layer.named_parameters()]
-    return carried, [n for n in params if n not in carried], dropped
-
-
-def swap(model: nn.Module, variant: Any, /, *, where: str = "cross", **overrides: Any) -> SwapReport:
+def swap(model: nn.Module, variant: Any, /, *, where: str = "cross", init: str = "carry",
+         **overrides: Any) -> SwapReport:
     """Replace, in place, the attention modules of another library's model by zoo layers.
 
     Args:
@@ -308,7 +386,11 @@ def swap(model: nn.Module, variant: Any, /, *, where: str = "cross", **overrides
             knows (the built-ins: diffusers' ``Attention``; transformers' BERT-family
             cross-attention and BART-family ``q_proj/k_proj/v_proj/out_proj`` attention).
         variant: a variant name, a mapping with ``"variant"``, or a config instance.
-        where: ``"cross"`` (cross-attention modules), ``"self"`` or ``"all"``.
+        where: ``"cross"`` (cross-attention modules), ``"self"`` (self-attention that is
+            neither causal nor cached) or ``"all"``.
+        init: ``"carry"`` (every weight the variant shares with the replaced module;
+            key/value heads mean-pooled where the variant has fewer) or ``"fresh"`` (the
+            variant's own initialisation everywhere, for ablations).
         **overrides: config fields (e.g. ``num_memory=8``); the widths come from the
             replaced module and may not be overridden.
 
@@ -322,11 +404,14 @@ def swap(model: nn.Module, variant: Any, /, *, where: str = "cross", **overrides
             there, or a bad override. The model is then unchanged.
         zoo.UnknownVariantError: the variant is not registered.
     """
+    from zoo.carry import carry, hooks
     from zoo.config import create
     from zoo.registry import adapters as registered_adapters
 
     if where not in WHERE:
         raise ValueError(f"zoo.swap: where must be one of {', '.join(map(repr, WHERE))}, got {where!r}")
+    if init not in INIT:
+        raise ValueError(f"zoo.swap: init must be one of {', '.join(map(repr, INIT))}, got {init!r}")
     if not isinstance(model, nn.Module):
         raise ValueError(f"zoo.swap expects a torch.nn.Module, got {type(model).__name__}")
     spec, chosen = _resolve(variant)
@@ -336,19 +421,26 @@ def swap(model: nn.Module, variant: Any, /, *, where: str = "cross", **overrides
         raise ValueError(f"zoo.swap reads {' and '.join(fixed)} from each replaced module; "
                          f"do not pass {', '.join(fixed)} (got {', '.join(f'{k}={chosen[k]!r}' for k in fixed)})")
 
-    found = _find(model, registered_adapters())
-    targets = [(p, t, a) for p, t, a in found if where == "all" or t.kind == where]
+    report = SwapReport(variant=spec.name, where=where, init=init)
+    found = _find(model, registered_adapters(), report.problems)
+    chosen_kind = [f for f in found if where == "all" or f.target.kind == where]
+    report.skipped = {p: "causal self-attention with a key/value cache (a decoder's) is not replaced: no zoo "
+                         "layer keeps a decoding cache" for f in chosen_kind if f.target.causal for p in f.paths}
+    targets = [f for f in chosen_kind if not f.target.causal]
     if not targets:
-        raise ValueError(_nothing_matched(model, found, where))
-    problems = [f"{p}: {t.problem}" for p, t, _ in targets if t.problem]
+        raise ValueError(_nothing_matched(model, found, where, report.problems))
+    problems = [f"{f.paths[0]}: {f.target.problem}" for f in targets if f.target.problem]
+    problems += [f"{f.paths[0]}: its weights are on the meta device (not materialised): load the model's weights "
+                 f"first (e.g. from_pretrained without a meta device_map, or to_empty() then load_state_dict())"
+                 for f in targets if not f.target.problem and any(t.is_meta for t in f.target.weights.values())]
     if problems:
         raise ValueError("zoo.swap cannot replace these modules (the model is unchanged):\n  " + "\n  ".join(problems))
 
     names = spec.config.model_fields
-    report = SwapReport(variant=spec.name, where=where)
-    replacements: list[tuple[str, nn.Module]] = []
+    replacements: list[tuple[list[str], nn.Module]] = []
     refused: list[str] = []
-    for path, target, adapter in targets:
+    for found_at in targets:
+        path, target, adapter = found_at.paths[0], found_at.target, found_at.adapter
         fields = {k: v for k, v in target.geometry().items() if k in names}
         fields.update(chosen)
         layer = create(spec, **fields)
@@ -356,21 +448,36 @@ def swap(model: nn.Module, variant: Any, /, *, where: str = "cross", **overrides
         if why:
             refused.append(f"{path}: {why}")
             continue
-        carried, initialised, dropped = _carry(layer, target.weights)
-        init = getattr(layer, "init_for_swap", None)
-        if callable(init):
-            init()
+        carried, initialised, dropped, notes = carry(layer, target, init)
+        init_for_swap = getattr(layer, "init_for_swap", None)
+        if callable(init_for_swap):
+            init_for_swap()
         layer.to(device=target.device, dtype=target.dtype).train(target.training)
-        replacements.append((path, target.wrap(layer)))
-        report.swapped.append(path)
-        report.carried[path], report.initialised[path], report.dropped[path] = carried, initialised, dropped
-        report.notes[path] = list(target.notes)
+        replacement = target.wrap(layer)
+        if not isinstance(replacement, nn.Module):
+            refused.append(f"{path}: adapter {adapter.name!r}'s wrap() returned {type(replacement).__name__}, "
+                           f"not a torch.nn.Module (a bug in that adapter: report it to its authors)")
+            continue
+        replacement.train(target.training)
+        replacement._zoo_swapped_variant = spec.name
+        replacements.append((found_at.paths, replacement))
+        notes = list(target.notes) + notes
         if getattr(layer, "output_includes_x", False):
-            report.notes[path].append("the layer returns x + update: the update alone replaces the module's output")
-        report.adapters[path] = adapter.name
+            notes.append("the layer returns x + update: the update alone replaces the module's output")
+        if hooks(found_at.module):
+            notes.append(f"{hooks(found_at.module)} hook(s) registered on the replaced module (forward, "
+                         f"pre-forward or backward) are not on the replacement: register them again on it")
+        if len(found_at.paths) > 1:
+            notes.append(f"one module shared by {len(found_at.paths)} parents: one zoo layer replaces it at "
+                         f"{', '.join(found_at.paths)} (still shared)")
+        for p in found_at.paths:
+            report.swapped.append(p)
+            report.carried[p], report.initialised[p], report.dropped[p] = carried, initialised, dropped
+            report.notes[p], report.adapters[p] = notes, adapter.name
     if refused:
         raise ValueError(f"variant {spec.name!r} cannot serve here (the model is unchanged):\n  " + "\n  ".join(refused))
-    for path, replacement in replacements:  # commit: nothing above changed the model
-        parent, _, child = path.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, replacement)
+    for paths, replacement in replacements:  # commit: nothing above changed the model
+        for path in paths:
+            parent, _, child = path.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, replacement)
     return report

@@ -22,6 +22,8 @@ from torch import Tensor, nn
 import zoo
 from zoo.swapping import Adapter, SwapTarget, call_layer, keep_mask
 
+from .linears import linear_like, weights_of
+
 # Processors whose computation is plain attention (no LoRA, IP-Adapter, ... state to lose).
 _PLAIN_PROCESSORS = {"AttnProcessor", "AttnProcessor2_0", "XFormersAttnProcessor", "AttnProcessorNPU"}
 
@@ -87,9 +89,25 @@ class DiffusersAdapter(Adapter):
             return None
         kind = "cross" if module.is_cross_attention else "self"
         heads = module.heads
-        inner = module.to_q.out_features
+        to_out = getattr(module, "to_out", None)
+        projections = {"to_q": module.to_q, "to_k": module.to_k, "to_v": module.to_v,
+                       "to_out.0": to_out[0] if isinstance(to_out, nn.ModuleList) and len(to_out) else None}
+        missing = [n for n, lin in projections.items() if not linear_like(lin)]
+        if missing:  # e.g. SimpleCrossAttn* with only_cross_attention (no to_k/to_v), pre_only (no to_out)
+            p = next(q for q in module.parameters())
+            why = ("pre_only=True: it has no output projection" if getattr(module, "pre_only", False)
+                   else "only_cross_attention=True with added key/value projections" if module.only_cross_attention
+                   else "")
+            return SwapTarget(
+                kind=kind, query_dim=module.query_dim, context_dim=module.cross_attention_dim, heads=heads,
+                dim_head=module.inner_dim // heads, dtype=p.dtype, device=p.device, training=module.training,
+                problem=(f"diffusers Attention without {', '.join(missing)} as a linear projection"
+                         f"{' (' + why + ')' if why else ''}: a zoo layer needs q, k, v and output projections"),
+                wrap=lambda layer, kind=kind: SwappedDiffusersAttention(layer, kind))
+        base = {n: getattr(lin, "base_layer", lin) for n, lin in projections.items()}
+        inner = base["to_q"].out_features
         dim_head = inner // heads
-        out = module.to_out[0]
+        out = base["to_out.0"]
         unsupported = {
             "spatial_norm": module.spatial_norm is not None,
             "group_norm": module.group_norm is not None,
@@ -99,24 +117,22 @@ class DiffusersAdapter(Adapter):
             "rescale_output_factor != 1": module.rescale_output_factor != 1.0,
             "added key/value projections": getattr(module, "add_k_proj", None) is not None,
             "a scale other than dim_head**-0.5": abs(module.scale - dim_head ** -0.5) > 1e-12,
-            "key/value heads other than heads": module.to_k.out_features != inner,
+            "key/value heads other than heads": base["to_k"].out_features != inner,
             "an output width other than query_dim": out.out_features != module.query_dim,
             f"processor {type(module.processor).__name__}": type(module.processor).__name__ not in _PLAIN_PROCESSORS,
         }
         used = [what for what, present in unsupported.items() if present]
+        weights, notes, problems = weights_of({n: (f"{path}.{n}", lin) for n, lin in projections.items()})
         problem = calling_convention_problem(module)
         if used and not problem:
             problem = f"diffusers Attention with {', '.join(used)}: a zoo layer has no such part"
-        weights = {"to_q.weight": module.to_q.weight, "to_k.weight": module.to_k.weight,
-                   "to_v.weight": module.to_v.weight, "to_out.0.weight": out.weight}
-        for name, lin in (("to_q", module.to_q), ("to_k", module.to_k), ("to_v", module.to_v), ("to_out.0", out)):
-            if lin.bias is not None:
-                weights[f"{name}.bias"] = lin.bias
-        p = module.to_q.weight
+        if problems and not problem:
+            problem = "; ".join(problems)
+        p = base["to_q"].weight
         return SwapTarget(
-            kind=kind, query_dim=module.query_dim, context_dim=module.to_k.in_features, heads=heads,
-            dim_head=dim_head, bias=module.to_q.bias is not None, out_bias=out.bias is not None,
-            dropout=module.to_out[1].p if len(module.to_out) > 1 else 0.0,
+            kind=kind, query_dim=module.query_dim, context_dim=base["to_k"].in_features, heads=heads,
+            dim_head=dim_head, bias=base["to_q"].bias is not None, out_bias=out.bias is not None,
+            dropout=to_out[1].p if len(to_out) > 1 else 0.0, notes=tuple(notes),
             weights=weights, problem=problem, dtype=p.dtype, device=p.device, training=module.training,
             wrap=lambda layer, kind=kind: SwappedDiffusersAttention(layer, kind),
         )

@@ -1,4 +1,4 @@
-"""Adapters for transformers' cross-attention: the BERT family and the BART family.
+"""Adapters for transformers' attention: the BERT family and the BART family.
 
 - BERT family (``BertModel`` as a decoder with ``add_cross_attention=True``,
   ``EncoderDecoderModel``, ...): the core of ``crossattention`` (``.self``: ``query``,
@@ -19,8 +19,11 @@ counters), so it never serves stale keys and values. Which argument carries the 
 (``cache`` from transformers 5.2x, ``past_key_values`` before) is read from the
 replaced module's signature when the model is swapped; a signature the adapter does
 not know is refused, naming the transformers version, instead of losing the reuse
-in silence. Self-attention of these models (causal, with its own key/value cache) is
-not swapped. transformers is imported only when one of its modules is seen.
+in silence. Self-attention that is neither causal nor cached (BERT-family encoders,
+the encoders of BART, Marian, Whisper, ...) is swapped with ``where="self"``; causal
+decoder self-attention (with its own key/value cache) is not, and the report lists it.
+Projections are read through :mod:`.linears` (PEFT LoRA merged or refused, never
+dropped). transformers is imported only when one of its modules is seen.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from torch.nn import functional as F
 
 import zoo
 from zoo.swapping import Adapter, SwapTarget, call_layer, keep_mask
+
+from .linears import linear_like, weights_of
 
 
 class _MemoLinear(nn.Linear):
@@ -111,13 +116,14 @@ class SwappedTransformersAttention(nn.Module):
     """Reuse the projections of the encoder states across decoding steps (set False to
     recompute them at every step, e.g. to measure what the reuse saves)."""
 
-    def __init__(self, layer: nn.Module, cache_argument: str = "cache") -> None:
+    def __init__(self, layer: nn.Module, cache_argument: str = "cache", kind: str = "cross") -> None:
         super().__init__()
         self.layer = layer
         self.cache_argument = cache_argument
+        self.kind = kind
         memo = []
         for module in layer.modules():
-            if type(module) is nn.Linear:
+            if type(module) is nn.Linear and kind == "cross":
                 module.__class__ = _MemoLinear
                 memo.append(module)
         self._memo_linears = tuple(memo)  # a plain tuple: not registered twice, copied by deepcopy
@@ -141,6 +147,12 @@ class SwappedTransformersAttention(nn.Module):
                 attention_mask: Tensor | None = None, encoder_hidden_states: Tensor | None = None,
                 **kwargs) -> tuple[Tensor, None]:
         context = key_value_states if key_value_states is not None else encoder_hidden_states
+        if self.kind == "self":
+            if context is not None or kwargs.get(self.cache_argument) is not None:
+                raise ValueError("a zoo-swapped encoder self-attention module takes neither encoder states nor a "
+                                 "key/value cache (it replaced non-causal, uncached self-attention)")
+            mask = keep_mask(attention_mask, batch=hidden_states.shape[0], length=hidden_states.shape[1])
+            return call_layer(self.layer, hidden_states, None, mask), None
         if context is None:
             raise ValueError("a zoo-swapped cross-attention module needs the encoder states "
                              "(key_value_states or encoder_hidden_states), got None")
@@ -158,99 +170,109 @@ def _forget(linears: tuple[_MemoLinear, ...]) -> None:
         module._zoo_memo = None
 
 
-def _linear_weights(pairs: dict[str, nn.Linear | None], bias: bool) -> dict[str, Tensor]:
-    weights: dict[str, Tensor] = {}
-    for name, lin in pairs.items():
-        weights[f"{name}.weight"] = lin.weight
-        if lin.bias is not None:
-            weights[f"{name}.bias"] = lin.bias
-        elif bias and name != "to_out.0":  # e.g. Whisper's k_proj: the zoo's shared flag, zero bias
-            weights[f"{name}.bias"] = torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device)
-    return weights
-
-
 def _from_transformers(module: nn.Module) -> bool:
     return type(module).__module__.startswith("transformers.")
 
 
+_CAUSAL = ("causal self-attention with a key/value cache (a decoder's): no zoo layer keeps a decoding cache")
+
+
+def _dropout_note(p: float) -> tuple[str, ...]:
+    return (f"attention-probability dropout p={p} is not reproduced (no zoo layer has it)",) if p else ()
+
+
 class BartFamilyAdapter(Adapter):
-    """Recognises attention modules with ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``."""
+    """Recognises attention modules with ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``:
+    ``encoder_attn`` is cross-attention; other (self-)attention is swapped when it is
+    neither causal nor cached (an encoder's), and reported as causal otherwise."""
 
     name = "transformers-bart"
 
     def match(self, path: str, module: nn.Module) -> SwapTarget | None:
         if not _from_transformers(module):
             return None
-        lins = [getattr(module, n, None) for n in ("q_proj", "k_proj", "v_proj", "out_proj")]
-        if not all(isinstance(lin, nn.Linear) for lin in lins) or not hasattr(module, "num_heads"):
+        lins = {n: getattr(module, a, None) for n, a in
+                (("to_q", "q_proj"), ("to_k", "k_proj"), ("to_v", "v_proj"), ("to_out.0", "out_proj"))}
+        if not all(map(linear_like, lins.values())) or not hasattr(module, "num_heads"):
             return None
-        q, k, v, o = lins
+        q, k, v, o = (getattr(lin, "base_layer", lin) for lin in lins.values())
         kind = "cross" if path.rsplit(".", 1)[-1] == "encoder_attn" else "self"
+        causal = kind == "self" and bool(getattr(module, "is_causal", False) or getattr(module, "is_decoder", False))
         heads = module.num_heads
         dim_head = q.out_features // heads
         cache_argument, convention = calling_convention(module)
+        bias = any(lin.bias is not None for lin in (q, k, v))
+        attrs = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out.0": "out_proj"}
+        weights, notes, problems = weights_of({n: (f"{path}.{attrs[n]}", lin) for n, lin in lins.items()}, bias)
         problem = None
-        if kind == "self":
-            problem = ("self-attention of transformers' encoder-decoder models (causal, with its own "
-                       "key/value cache) is not swapped; use where='cross'")
+        if causal:
+            problem = _CAUSAL
         elif convention:
             problem = convention
         elif abs(getattr(module, "scaling", dim_head ** -0.5) - dim_head ** -0.5) > 1e-12:
             problem = f"scaling {module.scaling} is not dim_head**-0.5; a zoo layer has no other scale"
         elif k.out_features != q.out_features or o.out_features != q.in_features:
             problem = "key/value heads or output width differ from the queries'"
-        bias = any(lin.bias is not None for lin in (q, k, v))
+        elif problems:
+            problem = "; ".join(problems)
         p = q.weight
-        notes = ()
-        if getattr(module, "dropout", 0.0):
-            notes = (f"attention-probability dropout p={module.dropout} is not reproduced (no zoo layer has it)",)
         return SwapTarget(
             kind=kind, query_dim=q.in_features, context_dim=k.in_features, heads=heads, dim_head=dim_head,
-            bias=bias, out_bias=o.bias is not None,
-            weights=_linear_weights({"to_q": q, "to_k": k, "to_v": v, "to_out.0": o}, bias),
-            problem=problem, notes=notes, dtype=p.dtype, device=p.device, training=module.training,
-            wrap=functools.partial(SwappedTransformersAttention, cache_argument=cache_argument),
+            bias=bias, out_bias=o.bias is not None, weights=weights, causal=causal,
+            problem=problem, notes=_dropout_note(getattr(module, "dropout", 0.0)) + tuple(notes),
+            dtype=p.dtype, device=p.device, training=module.training,
+            wrap=functools.partial(SwappedTransformersAttention, cache_argument=cache_argument, kind=kind),
         )
 
 
 class BertFamilyAdapter(Adapter):
-    """Recognises BERT-family attention cores (``query``, ``key``, ``value``; no output projection)."""
+    """Recognises BERT-family attention cores (``query``, ``key``, ``value``; no output
+    projection): ``crossattention.self`` is cross-attention; self-attention is swapped
+    when it is neither causal nor cached (an encoder's: ``BertModel`` and models built on
+    it), and reported as causal otherwise (``is_decoder``)."""
 
     name = "transformers-bert"
 
     def match(self, path: str, module: nn.Module) -> SwapTarget | None:
         if not _from_transformers(module):
             return None
-        lins = [getattr(module, n, None) for n in ("query", "key", "value")]
-        if not all(isinstance(lin, nn.Linear) for lin in lins) or not hasattr(module, "num_attention_heads"):
+        lins = {n: getattr(module, a, None) for n, a in (("to_q", "query"), ("to_k", "key"), ("to_v", "value"))}
+        if not all(map(linear_like, lins.values())) or not hasattr(module, "num_attention_heads"):
             return None
-        q, k, v = lins
+        q, k, v = (getattr(lin, "base_layer", lin) for lin in lins.values())
         cross = type(module).__name__.endswith("CrossAttention") or path.endswith("crossattention.self")
+        causal = not cross and bool(getattr(module, "is_causal", False) or getattr(module, "is_decoder", False))
         heads = module.num_attention_heads
         dim_head = q.out_features // heads
         cache_argument, convention = calling_convention(module)
+        attrs = {"to_q": "query", "to_k": "key", "to_v": "value"}
+        weights, notes, problems = weights_of({n: (f"{path}.{attrs[n]}", lin) for n, lin in lins.items()}, True)
         problem = None
-        if not cross:
-            problem = ("BERT-family self-attention is not swapped (only its cross-attention, "
-                       "crossattention.self); use where='cross'")
+        if causal:
+            problem = _CAUSAL
         elif convention:
             problem = convention
         elif getattr(module, "position_embedding_type", "absolute") != "absolute":
             problem = f"relative position scores ({module.position_embedding_type}) have no zoo counterpart"
         elif k.out_features != q.out_features:
             problem = "key/value width differs from the queries'"
+        elif abs(getattr(module, "scaling", dim_head ** -0.5) - dim_head ** -0.5) > 1e-12:
+            problem = f"scaling {module.scaling} is not dim_head**-0.5; a zoo layer has no other scale"
+        elif problems:
+            problem = "; ".join(problems)
         p = q.weight
-        inner = q.out_features
-        identity = torch.eye(inner, dtype=p.dtype, device=p.device)
-        weights = _linear_weights({"to_q": q, "to_k": k, "to_v": v}, bias=True)
-        weights["to_out.0.weight"] = identity
+        weights["to_out.0.weight"] = torch.eye(q.out_features, dtype=p.dtype, device=p.device)
+        dropout = getattr(getattr(module, "dropout", None), "p", 0.0)
+        kind = "cross" if cross else "self"
         return SwapTarget(
-            kind="cross" if cross else "self", query_dim=q.in_features, context_dim=k.in_features,
+            kind=kind, query_dim=q.in_features, context_dim=k.in_features,
             heads=heads, dim_head=dim_head, bias=True, out_bias=False, weights=weights, problem=problem,
-            notes=("to_out.0 set to the identity: crossattention.output (dense, dropout, residual, "
-                   "LayerNorm) is kept and stays the output projection",),
+            causal=causal, zero_init=("to_out.0.bias",),
+            notes=("to_out.0 set to the identity: the attention block's output module (dense, dropout, "
+                   "residual, LayerNorm) is kept and stays the output projection",
+                   *_dropout_note(dropout), *notes),
             dtype=p.dtype, device=p.device, training=module.training,
-            wrap=functools.partial(SwappedTransformersAttention, cache_argument=cache_argument),
+            wrap=functools.partial(SwappedTransformersAttention, cache_argument=cache_argument, kind=kind),
         )
 
 

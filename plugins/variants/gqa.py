@@ -86,21 +86,61 @@ class GroupedQueryAttention(MultiHeadBase):
             kv_heads: key/value heads of the result; must divide ``layer.heads``.
 
         Returns:
-            A ``gqa`` layer whose query and output weights are ``layer``'s; with
-            ``kv_heads == heads`` it computes exactly what ``layer`` computes.
+            A ``gqa`` layer built with :func:`zoo.create` (it has ``.config``, so
+            ``zoo.save`` takes it) whose query and output weights and output dropout are
+            ``layer``'s; with ``kv_heads == heads`` it computes exactly what ``layer``
+            computes.
+
+        Raises:
+            ValueError: ``layer`` computes something a ``gqa`` layer cannot (a scale other
+                than ``dim_head**-0.5`` such as ``scale_qk=False``, QK-norm, a residual
+                connection or output rescaling, group/spatial/cross norms, added key/value
+                projections, a custom processor, projections that are not plain linears),
+                or ``kv_heads`` does not divide ``heads``.
         """
+        name = type(layer).__name__
+        lins = {n: getattr(layer, n, None) for n in ("to_q", "to_k", "to_v")}
+        out = getattr(layer, "to_out", None)
+        lins["to_out.0"] = out[0] if isinstance(out, nn.ModuleList) and len(out) else None
+        bad = [n for n, lin in lins.items() if type(lin) is not nn.Linear]
+        if bad or not isinstance(getattr(layer, "heads", None), int):
+            raise ValueError(f"GroupedQueryAttention.from_multihead expects a multi-head layer with plain nn.Linear "
+                             f"to_q, to_k, to_v, to_out[0] and an int `heads` (a zoo cross layer or diffusers' "
+                             f"Attention); {name} has {', '.join(f'{n}={type(lins[n]).__name__}' for n in bad) or 'no heads'}")
         heads = layer.heads
         _validate_kv_heads(heads, kv_heads)
         inner, query_dim = layer.to_q.weight.shape
-        new = cls(query_dim, layer.to_k.weight.shape[1], heads, inner // heads, layer.to_q.bias is not None,
-                  layer.to_out[0].bias is not None, kv_heads=kv_heads)
-        state = {k: v for k, v in layer.state_dict().items() if not k.startswith(("to_k.", "to_v."))}
-        for name in ("to_k", "to_v"):
-            for leaf, t in getattr(layer, name).named_parameters():
-                grouped = t.detach().reshape(kv_heads, heads // kv_heads, inner // heads, *t.shape[1:])
-                state[f"{name}.{leaf}"] = grouped.mean(dim=1).reshape(kv_heads * (inner // heads), *t.shape[1:])
+        dim_head = inner // heads
+        parts = {
+            "QK-norm (norm_q/norm_k)": getattr(layer, "norm_q", None) is not None or getattr(layer, "norm_k", None) is not None,
+            f"a scale {getattr(layer, 'scale', None)} other than dim_head**-0.5 (e.g. scale_qk=False)":
+                abs(getattr(layer, "scale", dim_head ** -0.5) - dim_head ** -0.5) > 1e-12,
+            "residual_connection=True": bool(getattr(layer, "residual_connection", False)),
+            "rescale_output_factor != 1": getattr(layer, "rescale_output_factor", 1.0) != 1.0,
+            "group_norm/spatial_norm/norm_cross": any(getattr(layer, a, None) is not None
+                                                      for a in ("group_norm", "spatial_norm", "norm_cross")),
+            "added key/value projections": getattr(layer, "add_k_proj", None) is not None,
+            "key/value widths other than the queries'": layer.to_k.weight.shape[0] != inner,
+        }
+        processor = getattr(layer, "processor", None)
+        if processor is not None and type(processor).__name__ not in ("AttnProcessor", "AttnProcessor2_0"):
+            parts[f"processor {type(processor).__name__}"] = True
+        used = [what for what, present in parts.items() if present]
+        if used:
+            raise ValueError(f"GroupedQueryAttention.from_multihead: {name} has {', '.join(used)}, which a gqa layer "
+                             f"does not compute; converting it would give a different function. Convert a layer "
+                             f"without them (or build gqa with zoo.create and train it)")
+        dropout = out[1].p if len(out) > 1 and isinstance(out[1], nn.Dropout) else float(getattr(layer, "dropout", 0.0) or 0.0)
+        new = zoo.create(SPEC, query_dim=query_dim, context_dim=layer.to_k.weight.shape[1], heads=heads,
+                         dim_head=dim_head, bias=layer.to_q.bias is not None,
+                         out_bias=layer.to_out[0].bias is not None, dropout=dropout, kv_heads=kv_heads)
+        state = {f"{n}.{leaf}": t.detach() for n, lin in lins.items() for leaf, t in lin.named_parameters()}
+        for name_kv in ("to_k", "to_v"):
+            for leaf, t in getattr(layer, name_kv).named_parameters():
+                grouped = t.detach().reshape(kv_heads, heads // kv_heads, dim_head, *t.shape[1:])
+                state[f"{name_kv}.{leaf}"] = grouped.mean(dim=1).reshape(kv_heads * dim_head, *t.shape[1:])
         new.load_state_dict(state, strict=True)
-        return new.to(layer.to_q.weight)
+        return new.to(layer.to_q.weight).train(layer.training)
 
     def forward(self, x: Tensor, context: Tensor | None = None, *, context_mask: Tensor | None = None) -> Tensor:
         context = self.check_context(x, context, context_mask)
