@@ -83,6 +83,7 @@ def on_config(config):
                                   harness=_harness_done(),
                                   bench_path=root / "benchmarks" / "results" / "cpu.json", log=log,
                                   compare_path=root / "benchmarks" / "results" / "compare-full.json",
+                                  conversions=sorted(root.glob("benchmarks/results/convert-*.json")),
                                   results=[p for p in os.environ.get("ZOO_CATALOG_RESULTS", "").split(os.pathsep) if p],
                                   example=_worked_example().picture_example()))
     log.info("zoo catalog: %d variants in %.1f s", len(names), time.perf_counter() - start)

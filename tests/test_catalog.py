@@ -318,6 +318,49 @@ def test_page_shows_what_the_variant_learned(tmp_path):
     assert "has no row for `film`" in page.split("## What it learns", 1)[1]
 
 
+def test_page_shows_what_the_variant_keeps_from_a_pretrained_model(tmp_path):
+    """'What it keeps' quotes the variant's conversion rows (MiniLM points, translation accuracy,
+    a refusal's reason) from the files given; without a row it says so."""
+    import json
+
+    minilm = {"model": "MiniLM", "rows": [
+        {"label": "linear", "variant": "linear", "points": [
+            {"stage": "model (all)", "steps": 500, "mean_cosine": 0.91382, "top1_agreement": 0.58,
+             "ground_truth_top1": 0.165}]},
+        {"label": "film", "variant": "film", "points": [], "reason": "film needs a context"}]}
+    translation = {"rows": [{"label": "linear", "zero_shot": {"token_accuracy": 0.684},
+                             "distilled": {"steps": 100, "token_accuracy": 0.99}}]}
+    paths = [tmp_path / "convert-a.json", tmp_path / "convert-b.json", tmp_path / "broken.json"]
+    paths[0].write_text(json.dumps(minilm))
+    paths[1].write_text(json.dumps(translation))
+    paths[2].write_text("{not json")  # skipped, never a crash
+    pages = catalog.build_catalog([zoo.get_variant(n) for n in ("linear", "film", "cross")], run_harness=False,
+                                  pictures=False, conversions=paths)
+
+    def kept(name):
+        return pages[catalog.page_path(name)].split("## What it keeps", 1)[1].split("\n## ", 1)[0]
+
+    assert "| linear | model (all) | 500 | 0.914 | 0.580 | 0.165 |" in kept("linear")
+    assert "| linear | 0.684 | 0.990 | 100 |" in kept("linear")
+    assert "cannot serve there: film needs a context" in kept("film")
+    assert "no conversion results file has a row for `cross`" in kept("cross")
+
+
+def test_the_committed_conversion_results_reach_the_pages():
+    """Every conversion committed under benchmarks/results shows on its variant's page."""
+    import json
+
+    root = Path(__file__).parents[1]
+    files = sorted(root.glob("benchmarks/results/convert-*.json"))
+    assert files
+    pages = catalog.build_catalog(run_harness=False, pictures=False, conversions=files)
+    for path in files:
+        for row in json.loads(path.read_text())["rows"]:
+            name = row.get("variant") or row["label"].split(" ")[0]
+            if name in zoo.list_variants():
+                assert row["label"] in pages[catalog.page_path(name)].split("## What it keeps", 1)[1], (path, row)
+
+
 def test_pages_show_inferred_capabilities_for_a_variant_that_declares_nothing():
     """A stranger declares no capabilities: the page shows what the harness observes
     (film has no dropout field and needs a context), not plain attention's defaults."""

@@ -139,10 +139,12 @@ def index_markdown(specs: Sequence[VariantSpec], harness: Mapping[str, HarnessSu
 def variant_markdown(spec: VariantSpec, harness: HarnessSummary | None = None, speed: str | None = None,
                      image: str | None = None, pattern: Pattern | None = None,
                      bench: str | None = None, learned: str | None = None,
-                     bench_source: str = BENCH_DEFAULT, learned_source: str = COMPARE_DEFAULT) -> str:
+                     bench_source: str = BENCH_DEFAULT, learned_source: str = COMPARE_DEFAULT,
+                     kept: str | None = None) -> str:
     """One variant's page: summary, paper, equation, shapes, config table, runnable
     example, harness result, speed, what it learned on the ``zoo compare`` tasks
-    (``learned``: a Markdown table) and (when ``image`` is given) its attention pattern.
+    (``learned``: a Markdown table), what it keeps of a pretrained model (``kept``:
+    :mod:`zoo.catalog.retention`) and (when ``image`` is given) its attention pattern.
     ``bench_source`` and ``learned_source`` name the results files the page quotes."""
     layer_path = f"{spec.module.__module__}.{spec.module.__qualname__}"
     label = _baseline_label(spec)
@@ -220,6 +222,12 @@ def variant_markdown(spec: VariantSpec, harness: HarnessSummary | None = None, s
     else:
         out += [f"{NOT_MEASURED.capitalize()}: `{learned_source}` has no row for "
                 f"`{spec.name}` (run `zoo compare {spec.name} --json FILE`; pages read FILE with `--results`).", ""]
+    out += ["## What it keeps from a pretrained model", ""]
+    if kept:
+        out += ["The model's attention converted to this variant with `zoo.swap` (weights carried) and "
+                "`zoo.distill`; method and commands: `benchmarks/CONVERT.md`.", "", kept, ""]
+    else:
+        out += [f"{NOT_MEASURED.capitalize()}: no conversion results file has a row for `{spec.name}`.", ""]
     out += ["## Attention pattern", ""]
     if image:
         caption = pattern.caption if pattern else ""
@@ -239,7 +247,8 @@ def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bo
                   log: Any = None, example: PictureExample | None = None,
                   harness: Mapping[str, HarnessSummary] | None = None,
                   compare_path: str | Path | None = None,
-                  results: Sequence[str | Path] = ()) -> dict[str, str | bytes]:
+                  results: Sequence[str | Path] = (),
+                  conversions: Sequence[str | Path] | None = None) -> dict[str, str | bytes]:
     """Every catalog file, keyed by its path in the docs (``catalog/index.md``,
     ``catalog/<name>.md``, ``catalog/<name>-pattern.png``).
 
@@ -260,9 +269,12 @@ def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bo
             measurements. A variant's speed and what it learned come from the first of these
             files that has rows for it, else from ``bench_path`` / ``compare_path``; the page
             names the file. A file of another schema is a ``ValueError``.
+        conversions: conversion results files for "What it keeps" (default: the files
+            matching ``benchmarks/results/convert-*.json`` in the working directory).
     """
     import zoo
     from zoo.compare.report import load as load_compare
+    from zoo.catalog.retention import RESULTS_GLOB, load_conversions, retention_section
     from zoo.compare.report import variant_section
 
     if specs is None:
@@ -271,6 +283,7 @@ def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bo
     bench_files = [(p, Path(p).name) for p in own_bench] + [(bench_path or Path(BENCH_DEFAULT), BENCH_DEFAULT)]
     compare_files = ([(load_compare(p), Path(p).name) for p in own_compare]
                      + [(load_compare(compare_path or Path(COMPARE_DEFAULT)), COMPARE_DEFAULT)])
+    kept_docs = load_conversions(Path().glob(RESULTS_GLOB) if conversions is None else conversions)
     ratios = [bench_ratios(p) for p, _ in bench_files]
     speeds: dict[str, str] = {}
     for found in reversed(ratios):  # the first file with rows for a variant wins
@@ -296,7 +309,8 @@ def build_catalog(specs: Sequence[VariantSpec] | None = None, *, run_harness: bo
         files[page_path(spec.name)] = variant_markdown(
             spec, harness.get(spec.name) if run_harness else None, speeds.get(spec.name), image, pattern,
             bench_table(bench_files[bench_at][0], spec.name, _baseline_label(spec)), learned,
-            bench_source=bench_files[bench_at][1], learned_source=learned_source)
+            bench_source=bench_files[bench_at][1], learned_source=learned_source,
+            kept=retention_section(kept_docs, spec.name))
     return files
 
 
