@@ -18,14 +18,13 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import tempfile
 import traceback
 from pathlib import Path
 
 import torch
 
 from zoo.harness.case import Case, CheckFailed, SkipCheck, _run, compare
-from zoo.harness.slow import DDP_TIMEOUT_S, LR, _free_port
+from zoo.harness.slow import LR, run_workers
 
 __all__ = ["check_fsdp"]
 
@@ -79,8 +78,6 @@ def _fsdp_worker(rank: int, world: int, port: int, payload_path: str, out_dir: s
 
 
 def check_fsdp(case: Case) -> str:
-    import torch.multiprocessing as mp
-
     if case.device.type != "cpu":
         raise SkipCheck("the fsdp check runs on CPU with gloo")
     try:
@@ -106,30 +103,7 @@ def check_fsdp(case: Case) -> str:
         opt.step()
     expected = dict(single.named_parameters())
 
-    with tempfile.TemporaryDirectory(prefix="zoo-fsdp-") as tmp:
-        payload = os.path.join(tmp, "payload.pkl")
-        Path(payload).write_bytes(blob)
-        ctx = mp.get_context("spawn")
-        port = _free_port()
-        procs = [ctx.Process(target=_fsdp_worker, args=(r, world, port, payload, tmp), daemon=True)
-                 for r in range(world)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(DDP_TIMEOUT_S)
-        hung = [i for i, p in enumerate(procs) if p.is_alive()]
-        for i in hung:
-            procs[i].kill()
-            procs[i].join(5)
-        errors = sorted(Path(tmp).glob("error-*.txt"))
-        if errors:
-            tail = errors[0].read_text().strip().splitlines()[-1]
-            raise CheckFailed(f"an FSDP2 worker failed: {tail}")
-        if hung:
-            raise CheckFailed(f"FSDP2 worker(s) {hung} did not finish within {DDP_TIMEOUT_S:g} s")
-        if not all(Path(tmp, f"done-{r}").exists() for r in range(world)):
-            raise CheckFailed(f"FSDP2 workers exited with status {[p.exitcode for p in procs]}")
-        got = torch.load(os.path.join(tmp, "state.pt"), weights_only=True)
+    got = run_workers(_fsdp_worker, world, blob, "FSDP2")
     for name, value in expected.items():
         if name not in got["params"]:
             raise CheckFailed(f"the FSDP2-sharded layer lacks parameter {name!r}")

@@ -87,6 +87,42 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_workers(worker, world: int, blob: bytes, what: str) -> dict:
+    """Run ``worker(rank, world, port, payload_path, out_dir)`` in ``world`` spawned processes
+    on the pickled ``blob``; return the ``state.pt`` they leave in ``out_dir`` (rank 0 writes
+    it, every rank a ``done-<rank>`` file). A worker writes ``error-<rank>.txt`` on failure.
+
+    Raises:
+        CheckFailed: a worker failed (its last line), hung past ``DDP_TIMEOUT_S`` or exited
+            without finishing; ``what`` names the kind of training in the message.
+    """
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="zoo-workers-") as tmp:
+        payload = os.path.join(tmp, "payload.pkl")
+        Path(payload).write_bytes(blob)
+        ctx = mp.get_context("spawn")
+        port = _free_port()
+        procs = [ctx.Process(target=worker, args=(r, world, port, payload, tmp), daemon=True) for r in range(world)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(DDP_TIMEOUT_S)
+        hung = [i for i, p in enumerate(procs) if p.is_alive()]
+        for i in hung:
+            procs[i].kill()
+            procs[i].join(5)
+        errors = sorted(Path(tmp).glob("error-*.txt"))
+        if errors:
+            tail = errors[0].read_text().strip().splitlines()[-1]
+            raise CheckFailed(f"a {what} worker failed: {tail}")
+        if hung:
+            raise CheckFailed(f"{what} worker(s) {hung} did not finish within {DDP_TIMEOUT_S:g} s")
+        if not all(Path(tmp, f"done-{r}").exists() for r in range(world)):
+            raise CheckFailed(f"{what} workers exited with status {[p.exitcode for p in procs]}")
+        return torch.load(os.path.join(tmp, "state.pt"), weights_only=True)
+
+
 def _ddp_worker(rank: int, world: int, port: int, payload_path: str, out_dir: str) -> None:
     """One DDP rank: its half of the batch, one SGD step, rank 0 saves the parameters."""
     try:
@@ -127,8 +163,6 @@ def _ddp_worker(rank: int, world: int, port: int, payload_path: str, out_dir: st
 
 
 def check_ddp(case: Case) -> str:
-    import torch.multiprocessing as mp
-
     if case.device.type != "cpu":
         raise SkipCheck("the ddp check runs on CPU with gloo")
     overrides = {"dropout": 0.0} if case.has_field("dropout") else {}
@@ -149,32 +183,7 @@ def check_ddp(case: Case) -> str:
     except Exception as exc:  # noqa: BLE001
         raise SkipCheck(f"the layer cannot be pickled for worker processes ({type(exc).__name__}: {exc})") from exc
 
-    with tempfile.TemporaryDirectory(prefix="zoo-ddp-") as tmp:
-        payload = os.path.join(tmp, "payload.pkl")
-        Path(payload).write_bytes(blob)
-        ctx = mp.get_context("spawn")
-        port = _free_port()
-        procs = [ctx.Process(target=_ddp_worker, args=(r, world, port, payload, tmp), daemon=True)
-                 for r in range(world)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join(DDP_TIMEOUT_S)
-        hung = [i for i, p in enumerate(procs) if p.is_alive()]
-        for i in hung:
-            procs[i].kill()
-            procs[i].join(5)
-        errors = sorted(Path(tmp).glob("error-*.txt"))
-        if errors:
-            tail = errors[0].read_text().strip().splitlines()[-1]
-            raise CheckFailed(f"a DDP worker failed: {tail}")
-        if hung:
-            raise CheckFailed(f"DDP worker(s) {hung} did not finish within {DDP_TIMEOUT_S:g} s")
-        done = all(Path(tmp, f"done-{r}").exists() for r in range(world))
-        bad = [i for i, p in enumerate(procs) if p.exitcode != 0]
-        if bad and not done:
-            raise CheckFailed(f"DDP worker(s) {bad} exited with status {[procs[i].exitcode for i in bad]}")
-        got = torch.load(os.path.join(tmp, "state.pt"), weights_only=True)
+    got = run_workers(_ddp_worker, world, blob, "DDP")
     for name, value in expected.items():
         if name not in got:
             raise CheckFailed(f"the DDP state dict lacks {name!r}")
