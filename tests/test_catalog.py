@@ -330,10 +330,14 @@ def test_page_shows_what_the_variant_keeps_from_a_pretrained_model(tmp_path):
         {"label": "film", "variant": "film", "points": [], "reason": "film needs a context"}]}
     translation = {"rows": [{"label": "linear", "zero_shot": {"token_accuracy": 0.684},
                              "distilled": {"steps": 100, "token_accuracy": 0.99}}]}
-    paths = [tmp_path / "convert-a.json", tmp_path / "convert-b.json", tmp_path / "broken.json"]
+    shorter = {"model": "MiniLM", "rows": [  # the same conversion cut earlier in another run: not shown
+        {"label": "linear", "variant": "linear", "points": [{"stage": "zero-shot", "steps": 0, "mean_cosine": 0.45}]},
+        {"label": "film", "variant": "film", "points": [], "reason": "film needs a context"}]}
+    paths = [tmp_path / "convert-a.json", tmp_path / "convert-b.json", tmp_path / "broken.json", tmp_path / "c.json"]
     paths[0].write_text(json.dumps(minilm))
     paths[1].write_text(json.dumps(translation))
     paths[2].write_text("{not json")  # skipped, never a crash
+    paths[3].write_text(json.dumps(shorter))
     pages = catalog.build_catalog([zoo.get_variant(n) for n in ("linear", "film", "cross")], run_harness=False,
                                   pictures=False, conversions=paths)
 
@@ -341,6 +345,7 @@ def test_page_shows_what_the_variant_keeps_from_a_pretrained_model(tmp_path):
         return pages[catalog.page_path(name)].split("## What it keeps", 1)[1].split("\n## ", 1)[0]
 
     assert "| linear | model (all) | 500 | 0.914 | 0.580 | 0.165 |" in kept("linear")
+    assert "zero-shot" not in kept("linear") and kept("film").count("cannot serve there") == 1
     assert "| linear | 0.684 | 0.990 | 100 |" in kept("linear")
     assert "cannot serve there: film needs a context" in kept("film")
     assert "no conversion results file has a row for `cross`" in kept("cross")

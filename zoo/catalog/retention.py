@@ -46,32 +46,37 @@ def _f(value: Any) -> str:
 
 
 def retention_section(docs: list[tuple[dict, str]], name: str) -> str | None:
-    """Markdown tables of what ``name`` kept in each results file that has rows for it, or
-    ``None`` when none has."""
+    """Markdown tables of what ``name`` kept, or ``None`` when no file has a row for it.
+
+    Where several files hold the same self-attention conversion (one label), the row that
+    got furthest (most points) is shown, as ``benchmarks/render_convert.py`` merges them."""
+    runs: dict[str, tuple[dict, str, str]] = {}  # label -> (row, source, model), the furthest run
     out: list[str] = []
+    reasons: list[str] = []
     for doc, source in docs:
         rows = [r for r in doc["rows"] if isinstance(r, dict) and _owner(r) == name]
-        if not rows:
-            continue
-        if any("points" in r for r in rows):
-            table_rows = [(cell(str(r.get("label", name))), cell(str(p.get("stage", "-"))), str(p.get("steps", "-")),
-                      _f(p.get("mean_cosine")), _f(p.get("top1_agreement")), _f(p.get("ground_truth_top1")))
-                     for r in rows for p in r.get("points", [])]
-            out += [f"Converting {doc.get('model', 'a pretrained model')}'s self-attention (`{source}`): mean "
-                    "cosine between the converted and the original sentence embeddings, agreement of their "
-                    "top-1 neighbours, and ground-truth top-1 retrieval.", ""]
-            if table_rows:
-                out += [table_md(("conversion", "stage", "steps", "mean cosine", "top-1 agreement",
-                                   "ground-truth top-1"), table_rows), ""]
-        else:
-            table_rows = [(cell(str(r.get("label", name))), _f(r.get("zero_shot", {}).get("token_accuracy")),
-                      _f(r.get("distilled", {}).get("token_accuracy")), str(r.get("distilled", {}).get("steps", "-")))
-                     for r in rows if "zero_shot" in r]
-            if table_rows:
-                out += [f"Converting a trained translation model's cross-attention (`{source}`): token accuracy "
-                        "retained.", "", table_md(("conversion", "zero-shot", "distilled", "steps"), table_rows), ""]
-        out += [f"- {cell(str(r.get('label', name)))}: cannot serve there: {cell(str(r['reason']))}"
-                for r in rows if r.get("reason")]
-        if out and out[-1].startswith("- "):
-            out.append("")
+        for r in rows:
+            label = str(r.get("label", name))
+            if r.get("reason"):
+                reasons.append(f"- {cell(label)}: cannot serve there: {cell(str(r['reason']))}")
+            elif "points" in r and len(r["points"]) > len(runs.get(label, ({"points": ()},))[0]["points"]):
+                runs[label] = (r, source, str(doc.get("model", "a pretrained model")))
+        table_rows = [(cell(str(r.get("label", name))), _f(r.get("zero_shot", {}).get("token_accuracy")),
+                       _f(r.get("distilled", {}).get("token_accuracy")), str(r.get("distilled", {}).get("steps", "-")))
+                      for r in rows if "zero_shot" in r]
+        if table_rows:
+            out += [f"Converting a trained translation model's cross-attention (`{source}`): token accuracy "
+                    "retained.", "", table_md(("conversion", "zero-shot", "distilled", "steps"), table_rows), ""]
+    if runs:
+        models = sorted({model for _, _, model in runs.values()})
+        sources = sorted({source for _, source, _ in runs.values()})
+        table_rows = [(cell(label), cell(str(p.get("stage", "-"))), str(p.get("steps", "-")), _f(p.get("mean_cosine")),
+                       _f(p.get("top1_agreement")), _f(p.get("ground_truth_top1")))
+                      for label, (r, _, _) in runs.items() for p in r["points"]]
+        out = [f"Converting {', '.join(models)}'s self-attention ({', '.join(f'`{s}`' for s in sources)}): mean "
+               "cosine between the converted and the original sentence embeddings, agreement of their top-1 "
+               "neighbours, and ground-truth top-1 retrieval.", "",
+               table_md(("conversion", "stage", "steps", "mean cosine", "top-1 agreement", "ground-truth top-1"),
+                        table_rows), "", *out]
+    out += list(dict.fromkeys(reasons))  # one line per reason, however many files repeat it
     return "\n".join(out).rstrip() + "\n" if out else None
