@@ -325,6 +325,7 @@ def test_page_shows_what_the_variant_keeps_from_a_pretrained_model(tmp_path):
 
     minilm = {"model": "MiniLM", "rows": [
         {"label": "linear", "variant": "linear", "points": [
+            {"stage": "zero-shot", "steps": 0, "mean_cosine": 0.451, "top1_agreement": 0.19, "ground_truth_top1": 0.08},
             {"stage": "model (all)", "steps": 500, "mean_cosine": 0.91382, "top1_agreement": 0.58,
              "ground_truth_top1": 0.165}]},
         {"label": "film", "variant": "film", "points": [], "reason": "film needs a context"}]}
@@ -345,7 +346,8 @@ def test_page_shows_what_the_variant_keeps_from_a_pretrained_model(tmp_path):
         return pages[catalog.page_path(name)].split("## What it keeps", 1)[1].split("\n## ", 1)[0]
 
     assert "| linear | model (all) | 500 | 0.914 | 0.580 | 0.165 |" in kept("linear")
-    assert "zero-shot" not in kept("linear") and kept("film").count("cannot serve there") == 1
+    assert "| linear | zero-shot | 0 | 0.451 |" in kept("linear") and "0.450" not in kept("linear")
+    assert kept("film").count("cannot serve there") == 1
     assert "| linear | 0.684 | 0.990 | 100 |" in kept("linear")
     assert "cannot serve there: film needs a context" in kept("film")
     assert "no conversion results file has a row for `cross`" in kept("cross")
