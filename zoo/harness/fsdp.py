@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from zoo.harness.case import Case, CheckFailed, SkipCheck, _run, compare
-from zoo.harness.slow import LR, run_workers
+from zoo.harness.slow import LR, run_workers, worker_share
 
 __all__ = ["check_fsdp"]
 
@@ -41,22 +41,15 @@ def _fsdp_worker(rank: int, world: int, port: int, payload_path: str, out_dir: s
         import torch.distributed as dist
         from torch.distributed.fsdp import fully_shard
 
-        torch.set_num_threads(1)
-        with open(payload_path, "rb") as fh:
-            payload = pickle.load(fh)
-        module, inputs, cot = payload["module"], payload["inputs"], payload["cot"]
-        batch = inputs["x"].shape[0]
-        per = batch // world
-        lo, hi = rank * per, (rank + 1) * per
-        shard = {k: (v[lo:hi] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == batch else v)
-                 for k, v in inputs.items()}
+        payload, shard, cot, per = worker_share(rank, world, payload_path)
+        module = payload["module"]
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         try:
             fully_shard(module)
             opt = torch.optim.SGD(module.parameters(), lr=LR)
             for _ in range(STEPS):
                 opt.zero_grad(set_to_none=True)
-                _loss(module(**shard), cot[lo:hi], per).backward()
+                _loss(module(**shard), cot, per).backward()
                 opt.step()
             full = {}
             for name, p in module.named_parameters():

@@ -123,28 +123,35 @@ def run_workers(worker, world: int, blob: bytes, what: str) -> dict:
         return torch.load(os.path.join(tmp, "state.pt"), weights_only=True)
 
 
+def worker_share(rank: int, world: int, payload_path: str) -> tuple[dict, dict, torch.Tensor, int]:
+    """In a worker: one thread, the pickled payload (``module``, ``inputs``, ``cot``, ...),
+    and this rank's share of the batch: ``(payload, inputs, cot, rows per rank)``."""
+    torch.set_num_threads(1)
+    with open(payload_path, "rb") as fh:
+        payload = pickle.load(fh)
+    inputs, cot = payload["inputs"], payload["cot"]
+    batch = inputs["x"].shape[0]
+    per = batch // world
+    lo, hi = rank * per, (rank + 1) * per
+    shard = {k: (v[lo:hi] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == batch else v)
+             for k, v in inputs.items()}
+    return payload, shard, cot[lo:hi], per
+
+
 def _ddp_worker(rank: int, world: int, port: int, payload_path: str, out_dir: str) -> None:
     """One DDP rank: its half of the batch, one SGD step, rank 0 saves the parameters."""
     try:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
 
-        torch.set_num_threads(1)
-        with open(payload_path, "rb") as fh:
-            payload = pickle.load(fh)
-        module, inputs, cot = payload["module"], payload["inputs"], payload["cot"]
-        find_unused = payload["find_unused"]
-        batch = inputs["x"].shape[0]
-        per = batch // world
-        lo, hi = rank * per, (rank + 1) * per
-        shard = {k: (v[lo:hi] if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == batch else v)
-                 for k, v in inputs.items()}
+        payload, shard, cot, per = worker_share(rank, world, payload_path)
+        module, find_unused = payload["module"], payload["find_unused"]
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         try:
             ddp = DistributedDataParallel(module, find_unused_parameters=find_unused)
             opt = torch.optim.SGD(ddp.parameters(), lr=LR)
             out = ddp(**shard)
-            loss = (out * cot[lo:hi]).sum() / per
+            loss = (out * cot).sum() / per
             loss.backward()
             opt.step()
             if rank == 0:
