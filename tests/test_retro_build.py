@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -67,6 +70,44 @@ def test_a_failed_build_resumes_with_only_the_unfinished_shards(docs, tmp_path, 
     assert [c.rsplit("/", 1)[1] for c in calls] == ["emb-00002.npy", "emb-00003.npy", "emb-00004.npy"]
     assert "3 to do (resuming: 2 already embedded)" in capsys.readouterr().err
     _same(db, RetroDatabase.build(docs, chunk_size=M, index="ivf", nlist=8, tokenizer=ByteTokenizer()))
+
+
+# The CLI build in a child process that SIGKILLs itself after adding two shards: no
+# exception handler or ``finally`` runs, as when a machine or an OOM killer stops a build.
+_DIES_WHILE_ADDING = """
+import os, signal, sys
+from attention_zoo_plugins.retro import build
+from zoo.cli import main
+real, added = build.add_shard, []
+def add_then_die(*a):
+    if len(added) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    added.append(1)
+    return real(*a)
+build.add_shard = add_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_killed_cli_build_resumes_where_it_died(tmp_path):
+    args = ["retro", "build", "builtin", str(tmp_path / "db"), "--embedder", "hashing", "--dim", "64",
+            "--chunk-size", str(M), "--index", "ivf", "--nlist", "8", "--shards", "5", "--progress"]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    died = subprocess.run([sys.executable, "-c", _DIES_WHILE_ADDING, *args], capture_output=True, text=True, env=env)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    work = tmp_path / "db.build"
+    assert len(list(work.glob("emb-*.npy"))) == 5 and len(list(work.glob("index-*.faiss"))) == 2
+    assert not (tmp_path / "db").exists()
+    again = subprocess.run([sys.executable, "-m", "zoo", *args], capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "0 to do (resuming: 5 already embedded)" in again.stderr
+    assert "resuming: the index is already trained" in again.stderr
+    assert "adding 3 shard(s) to the index (resuming: 2 already added)" in again.stderr
+    tok = ByteTokenizer()
+    fresh = RetroDatabase.build([tok.encode(t) for t in load_corpus()], chunk_size=M, index="ivf", nlist=8,
+                                tokenizer=tok, embedder=HashingEmbedder(dim=64))
+    _same(RetroDatabase.load(tmp_path / "db"), fresh)
+    assert not work.exists()
 
 
 def test_a_work_directory_of_another_build_is_refused(docs, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from attention_zoo_plugins.retro import RetroDatabase, storage
-from attention_zoo_plugins.retro.index import build_index, bytes_per_vector, train_index
+from attention_zoo_plugins.retro.index import build_index, bytes_per_vector, rescore, train_index
 from attention_zoo_plugins.retro.shards import ShardedIndex
 
 D = 32
@@ -254,6 +254,25 @@ def test_sharded_index_rejects_bad_shards():
 
 
 # ------------------------------------------------------------------ exact re-scoring from stored vectors
+
+
+def test_rescore_orders_each_querys_candidates_by_exact_distance(tmp_path):
+    base = _clustered(500, seed=7)
+    stored = np.lib.format.open_memmap(tmp_path / "v.npy", mode="w+", dtype=np.float16, shape=base.shape)
+    stored[:] = base
+    q = _clustered(150, seed=8)  # not a multiple of the block: the last block is short
+    cand = np.random.default_rng(9).integers(0, 500, (150, 12))
+    cand[3, 2:] = -1  # a query with only two candidates
+    d, ids = rescore(q, cand, stored, 5, block=64)
+    for r in range(150):
+        valid = cand[r][cand[r] >= 0]
+        true = np.linalg.norm(stored[valid].astype(np.float64) - q[r], axis=1) ** 2
+        want = valid[np.argsort(true, kind="stable")][:5]
+        got = ids[r][ids[r] >= 0]
+        np.testing.assert_array_equal(np.sort(got), np.sort(want))
+        np.testing.assert_allclose(d[r][: len(got)], np.sort(true)[: len(got)], rtol=1e-4, atol=1e-4)
+    assert list(ids[3, 2:]) == [-1, -1, -1] and np.isinf(d[3, 2:]).all()
+    assert (np.diff(d[:, :2], axis=1) >= 0).all()
 
 
 def test_rerank_rescores_compressed_candidates_with_the_stored_vectors(tmp_path, vectors):

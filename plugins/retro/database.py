@@ -359,13 +359,7 @@ class RetroDatabase:
     def _reranked(self, q: np.ndarray, k: int, rerank: int) -> tuple[np.ndarray, np.ndarray]:
         """The index's ``max(k, rerank)`` best, re-scored exactly with the stored vectors; the ``k`` best."""
         _, cand = self.index.search(q, int(min(max(k, rerank), self.index.ntotal)))
-        rows = np.unique(cand[cand >= 0])
-        vec = np.asarray(self.vectors[rows], dtype=np.float32)[np.searchsorted(rows, np.maximum(cand, 0))]
-        dist = ((vec - q[:, None, :]) ** 2).sum(-1, dtype=np.float32)
-        dist[cand < 0] = np.inf
-        order = np.argsort(dist, axis=1, kind="stable")[:, :k]
-        d, i = np.take_along_axis(dist, order, 1), np.take_along_axis(cand, order, 1)
-        return d, np.where(np.isinf(d), -1, i)
+        return _index.rescore(q, cand, self.vectors, k)
 
     def retrieve(self, sequences: Any, k: int = 2, *, exclude_docs: Any = None, pad_id: int = 0) -> Retrieved:
         """Neighbours of every complete chunk of each sequence, ready for the ``retro`` layer.

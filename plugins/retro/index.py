@@ -33,7 +33,8 @@ import numpy as np
 from attention_zoo_plugins.retro._progress import Progress, note
 
 __all__ = ["AUTO_IVF_MIN_CHUNKS", "KINDS", "DEFAULT_PQ_M", "build_index", "train_index", "add_vectors",
-           "default_nlist", "default_nprobe", "train_sample_size", "factory_string", "set_nprobe", "bytes_per_vector"]
+           "default_nlist", "default_nprobe", "train_sample_size", "factory_string", "set_nprobe", "bytes_per_vector",
+           "rescore"]
 
 AUTO_IVF_MIN_CHUNKS = 100_000
 """``index="auto"`` uses the exact flat index below this many chunks, IVF from it on.
@@ -198,6 +199,39 @@ def add_vectors(index: Any, x: np.ndarray, *, progress: bool = False, batch_size
         for start in range(0, x.shape[0], batch_size):
             index.add(x[start : start + batch_size])
             bar.update(min(batch_size, x.shape[0] - start))
+
+
+def rescore(queries: np.ndarray, candidates: np.ndarray, vectors: Any, k: int,
+            block: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` of each query's ``candidates`` nearest by exact squared L2 distance.
+
+    Args:
+        queries: float32 ``(n, d)``.
+        candidates: int ``(n, c)`` row numbers into ``vectors``; ``-1`` for none.
+        vectors: ``(N, d)``, any float dtype; a memory-mapped array is read only at the
+            candidates' rows.
+        k: neighbours to return (at most ``c``).
+        block: queries re-scored at a time; bounds the float32 copy of their
+            candidates' vectors (``block * c * d * 4`` bytes) and keeps it in cache.
+
+    Returns:
+        ``(distances, ids)``, each ``(n, k)``, nearest first; ``(inf, -1)`` where a
+        query had fewer than ``k`` candidates.
+    """
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    cand = np.asarray(candidates)
+    n, c = cand.shape
+    dist = np.empty((n, c), np.float32)
+    for lo in range(0, n, block):
+        ids, qq = cand[lo : lo + block], q[lo : lo + block]
+        x = np.asarray(vectors[np.maximum(ids, 0).ravel()], dtype=np.float32)
+        xx = np.einsum("ij,ij->i", x, x).reshape(ids.shape)
+        dist[lo : lo + block] = xx - 2 * np.einsum("bcd,bd->bc", x.reshape(*ids.shape, -1), qq) \
+            + np.einsum("ij,ij->i", qq, qq)[:, None]
+    dist[cand < 0] = np.inf
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    d, i = np.take_along_axis(dist, order, 1), np.take_along_axis(cand, order, 1)
+    return d, np.where(np.isinf(d), -1, i)
 
 
 def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
