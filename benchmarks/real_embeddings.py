@@ -70,6 +70,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--precision", choices=("float32", "bfloat16"), default="bfloat16")
     p.add_argument("--check", type=int, default=200, help="chunks compared with the float32 embedder")
+    p.add_argument("--speed", type=int, default=0, metavar="N",
+                   help="also time MiniLMEmbedder on N chunks, 1 thread, float32 and bfloat16 (chunks/s per core)")
     args = p.parse_args(argv)
     import torch
 
@@ -108,6 +110,16 @@ def main(argv=None) -> None:
         cos = (MiniLMEmbedder(tokenizer=tok)(store.chunk_tokens(chosen[sample])) * merged[sample]).sum(1)
         info.update(check_chunks=len(sample), check_cosine_mean=float(cos.mean()), check_cosine_min=float(cos.min()))
         log(f"against float32: cosine mean {cos.mean():.4f}, min {cos.min():.4f}")
+    if args.speed:
+        torch.set_num_threads(1)
+        block = store.chunk_tokens(chosen[: args.speed])
+        for precision in ("float32", "bfloat16"):
+            emb = MiniLMEmbedder(tokenizer=tok, batch_size=args.batch, precision=precision)
+            emb(block[:64])  # loads the model
+            t0 = time.perf_counter()
+            emb(block)
+            info[f"chunks_per_s_per_core_{precision}"] = args.speed / (time.perf_counter() - t0)
+            log(f"MiniLMEmbedder {precision}, 1 thread: {info[f'chunks_per_s_per_core_{precision}']:,.0f} chunks/s")
     old = json.loads((args.out / "info.json").read_text()) if (args.out / "info.json").exists() else {}
     (args.out / "info.json").write_text(json.dumps({**old, **info}, indent=1) + "\n")
 
