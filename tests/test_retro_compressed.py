@@ -63,10 +63,9 @@ def test_ivfpq_is_compressed_and_close_to_exact(pq_db, vectors):
     info = pq_db.index_info
     assert info == {"kind": "ivfpq", "nlist": 32, "nprobe": 2, "factory": "OPQ8,IVF32,PQ8np"}
     assert bytes_per_vector(pq_db.index) == 8 + 8
-    default, info = train_index(vectors[:2000], "ivfpq", 10**6, nlist=4)
-    assert info["factory"] == "OPQ32,IVF4,PQ32np"  # the default: OPQ on
-    assert bytes_per_vector(default) == 40 <= 48  # PQ32 and an 8-byte id
-    assert train_index(vectors[:2000], "ivfpq", 10**6, nlist=4, opq=False)[1]["factory"] == "IVF4,PQ32np"
+    assert train_index(vectors[:1000], "ivfpq", 10**6, nlist=2, pq_m=4)[1]["factory"] == "OPQ4,IVF2,PQ4np"  # OPQ on
+    plain, info = train_index(vectors[:2000], "ivfpq", 10**6, nlist=4, opq=False)
+    assert info["factory"] == "IVF4,PQ32np" and bytes_per_vector(plain) == 40 <= 48  # PQ32 and an 8-byte id
     with pytest.raises(ValueError, match="opq must be True, False or None"):
         train_index(vectors[:2000], "ivfpq", 10**6, nlist=4, opq="yes")
     q = vectors[:200] + 0.05
