@@ -16,15 +16,12 @@ worker processes, or it holds no parameters). The layer's class must be importab
 from __future__ import annotations
 
 import copy
-import os
 import pickle
-import traceback
-from pathlib import Path
 
 import torch
 
 from zoo.harness.case import Case, CheckFailed, SkipCheck, _run, compare
-from zoo.harness.slow import LR, run_workers, worker_share
+from zoo.harness.slow import LR, run_workers
 
 __all__ = ["check_fsdp"]
 
@@ -35,39 +32,25 @@ def _loss(out: torch.Tensor, cot: torch.Tensor, n: int) -> torch.Tensor:
     return (out * cot).sum() / n
 
 
-def _fsdp_worker(rank: int, world: int, port: int, payload_path: str, out_dir: str) -> None:
-    """One FSDP2 rank: its half of the batch, STEPS SGD steps, rank 0 saves the full parameters."""
-    try:
-        import torch.distributed as dist
-        from torch.distributed.fsdp import fully_shard
+def _fsdp_train(payload: dict, shard: dict, cot: torch.Tensor, per: int) -> dict:
+    """STEPS SGD steps of FSDP2 on this rank's share; the full parameters (gathered on every
+    rank: ``full_tensor`` is a collective) and which ones were sharded."""
+    from torch.distributed.fsdp import fully_shard
 
-        payload, shard, cot, per = worker_share(rank, world, payload_path)
-        module = payload["module"]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-        try:
-            fully_shard(module)
-            opt = torch.optim.SGD(module.parameters(), lr=LR)
-            for _ in range(STEPS):
-                opt.zero_grad(set_to_none=True)
-                _loss(module(**shard), cot, per).backward()
-                opt.step()
-            full = {}
-            for name, p in module.named_parameters():
-                if p.numel() == 0:  # torch 2.13: full_tensor() of a 0-row shard fails an unpad assert
-                    full[name] = torch.zeros(p.shape)
-                else:
-                    full[name] = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
-            sharded = [n for n, p in module.named_parameters() if hasattr(p, "full_tensor")]
-            if rank == 0:
-                torch.save({"params": full, "sharded": sharded}, os.path.join(out_dir, "state.pt"))
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
-    except BaseException:  # noqa: BLE001 - reported by the parent
-        Path(out_dir, f"error-{rank}.txt").write_text(traceback.format_exc())
-        raise
-    Path(out_dir, f"done-{rank}").touch()
-    os._exit(0)  # skip interpreter teardown: gloo's threads can abort it (see the ddp check)
+    module = payload["module"]
+    fully_shard(module)
+    opt = torch.optim.SGD(module.parameters(), lr=LR)
+    for _ in range(STEPS):
+        opt.zero_grad(set_to_none=True)
+        _loss(module(**shard), cot, per).backward()
+        opt.step()
+    full = {}
+    for name, p in module.named_parameters():
+        if p.numel() == 0:  # torch 2.13: full_tensor() of a 0-row shard fails an unpad assert
+            full[name] = torch.zeros(p.shape)
+        else:
+            full[name] = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+    return {"params": full, "sharded": [n for n, p in module.named_parameters() if hasattr(p, "full_tensor")]}
 
 
 def check_fsdp(case: Case) -> str:
@@ -96,7 +79,7 @@ def check_fsdp(case: Case) -> str:
         opt.step()
     expected = dict(single.named_parameters())
 
-    got = run_workers(_fsdp_worker, world, blob, "FSDP2")
+    got = run_workers(_fsdp_train, world, blob, "FSDP2")
     for name, value in expected.items():
         if name not in got["params"]:
             raise CheckFailed(f"the FSDP2-sharded layer lacks parameter {name!r}")

@@ -87,10 +87,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_workers(worker, world: int, blob: bytes, what: str) -> dict:
-    """Run ``worker(rank, world, port, payload_path, out_dir)`` in ``world`` spawned processes
-    on the pickled ``blob``; return the ``state.pt`` they leave in ``out_dir`` (rank 0 writes
-    it, every rank a ``done-<rank>`` file). A worker writes ``error-<rank>.txt`` on failure.
+def run_workers(train, world: int, blob: bytes, what: str) -> dict:
+    """Run ``train(payload, shard, cot, rows_per_rank)`` on ``world`` spawned gloo ranks (see
+    :func:`_worker`) over the pickled ``blob``; return what rank 0's ``train`` returned.
+    ``train`` must be a module-level function (spawn pickles it by name).
 
     Raises:
         CheckFailed: a worker failed (its last line), hung past ``DDP_TIMEOUT_S`` or exited
@@ -103,7 +103,8 @@ def run_workers(worker, world: int, blob: bytes, what: str) -> dict:
         Path(payload).write_bytes(blob)
         ctx = mp.get_context("spawn")
         port = _free_port()
-        procs = [ctx.Process(target=worker, args=(r, world, port, payload, tmp), daemon=True) for r in range(world)]
+        procs = [ctx.Process(target=_worker, args=(train, r, world, port, payload, tmp), daemon=True)
+                 for r in range(world)]
         for p in procs:
             p.start()
         for p in procs:
@@ -123,7 +124,7 @@ def run_workers(worker, world: int, blob: bytes, what: str) -> dict:
         return torch.load(os.path.join(tmp, "state.pt"), weights_only=True)
 
 
-def worker_share(rank: int, world: int, payload_path: str) -> tuple[dict, dict, torch.Tensor, int]:
+def _share(rank: int, world: int, payload_path: str) -> tuple[dict, dict, torch.Tensor, int]:
     """In a worker: one thread, the pickled payload (``module``, ``inputs``, ``cot``, ...),
     and this rank's share of the batch: ``(payload, inputs, cot, rows per rank)``."""
     torch.set_num_threads(1)
@@ -138,25 +139,18 @@ def worker_share(rank: int, world: int, payload_path: str) -> tuple[dict, dict, 
     return payload, shard, cot[lo:hi], per
 
 
-def _ddp_worker(rank: int, world: int, port: int, payload_path: str, out_dir: str) -> None:
-    """One DDP rank: its half of the batch, one SGD step, rank 0 saves the parameters."""
+def _worker(train, rank: int, world: int, port: int, payload_path: str, out_dir: str) -> None:
+    """One rank: join the gloo group, ``train`` on this rank's share, rank 0 saves what it
+    returns as ``state.pt``; every rank leaves ``done-<rank>``, or ``error-<rank>.txt``."""
     try:
         import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
 
-        payload, shard, cot, per = worker_share(rank, world, payload_path)
-        module, find_unused = payload["module"], payload["find_unused"]
+        payload, shard, cot, per = _share(rank, world, payload_path)
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         try:
-            ddp = DistributedDataParallel(module, find_unused_parameters=find_unused)
-            opt = torch.optim.SGD(ddp.parameters(), lr=LR)
-            out = ddp(**shard)
-            loss = (out * cot).sum() / per
-            loss.backward()
-            opt.step()
+            state = train(payload, shard, cot, per)
             if rank == 0:
-                torch.save({k: v.detach().clone() for k, v in module.state_dict().items()},
-                           os.path.join(out_dir, "state.pt"))
+                torch.save(state, os.path.join(out_dir, "state.pt"))
             dist.barrier()
         finally:
             dist.destroy_process_group()
@@ -167,6 +161,18 @@ def _ddp_worker(rank: int, world: int, port: int, payload_path: str, out_dir: st
     # Skip interpreter teardown: gloo's threads can abort it ("terminate called without an
     # active exception"), which says nothing about the layer.
     os._exit(0)
+
+
+def _ddp_train(payload: dict, shard: dict, cot: torch.Tensor, per: int) -> dict:
+    """One SGD step of DDP on this rank's share; the (replicated) state dict."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    module = payload["module"]
+    ddp = DistributedDataParallel(module, find_unused_parameters=payload["find_unused"])
+    opt = torch.optim.SGD(ddp.parameters(), lr=LR)
+    ((ddp(**shard) * cot).sum() / per).backward()
+    opt.step()
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def check_ddp(case: Case) -> str:
@@ -190,7 +196,7 @@ def check_ddp(case: Case) -> str:
     except Exception as exc:  # noqa: BLE001
         raise SkipCheck(f"the layer cannot be pickled for worker processes ({type(exc).__name__}: {exc})") from exc
 
-    got = run_workers(_ddp_worker, world, blob, "DDP")
+    got = run_workers(_ddp_train, world, blob, "DDP")
     for name, value in expected.items():
         if name not in got:
             raise CheckFailed(f"the DDP state dict lacks {name!r}")
