@@ -305,3 +305,15 @@ class BrokenCountsPadding(Sound):
 
 
 PLANTED["counts-padding"] = (spec(BrokenCountsPadding), "masked-padding")
+
+
+class ScalarGate(Sound):
+    """Correct, with a 0-dim learned gate (as a tanh gate often is): FSDP2's ``fully_shard``
+    refuses 0-dim parameters, so the fsdp check must skip it with the reason, not fail it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, *args, **kwargs):
+        return super().forward(*args, **kwargs) * (1 + self.gate)

@@ -10,7 +10,7 @@ import pytest
 from zoo import check
 from zoo.harness import SLOW_CHECK_IDS, planned_checks
 
-from broken_layers import SOUND, BrokenCachedWeight, spec  # noqa: I001
+from broken_layers import SOUND, BrokenCachedWeight, ScalarGate, spec  # noqa: I001
 
 slow = pytest.mark.skipif(os.environ.get("ZOO_RUN_SLOW", "") in ("", "0"),
                           reason="slow harness checks: set ZOO_RUN_SLOW=1")
@@ -37,3 +37,10 @@ def test_fsdp_catches_a_layer_that_caches_a_parameter():
     result = check(broken, checks=["fsdp"], examples=broken.example_configs()[:1])["fsdp"]
     assert result.failed, result.message
     assert "to_q.weight after 2 SGD steps with FSDP2" in result.message
+
+
+def test_fsdp_skips_a_layer_with_a_0_dim_parameter_and_says_why():
+    gated = spec(ScalarGate)
+    result = check(gated, checks=["fsdp"], slow=True, examples=gated.example_configs()[:1])["fsdp"]
+    assert result.status == "skipped", result.message
+    assert "FSDP2 cannot shard 0-dim parameters (gate); give them shape (1,)" in result.message

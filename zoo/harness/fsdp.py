@@ -64,6 +64,10 @@ def check_fsdp(case: Case) -> str:
     module = case.build(torch.float32, **overrides).train()
     if not any(p.requires_grad for p in module.parameters()):
         raise SkipCheck("the layer has no trainable parameters: nothing for FSDP to shard")
+    scalars = [n for n, p in module.named_parameters() if p.ndim == 0]
+    if scalars:  # fully_shard shards along dim 0 and refuses 0-dim parameters
+        raise SkipCheck(f"FSDP2 cannot shard 0-dim parameters ({', '.join(scalars)}); give them shape (1,) "
+                        f"to train the layer under fully_shard")
     world, batch = 2, 4
     inputs = case.inputs(module, batch=batch, query_len=7, context_len=5, dtype=torch.float32)
     cot = torch.randn(inputs["x"].shape, generator=case.generator(59))
